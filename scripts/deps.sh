@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything lazyvm needs on this host, idempotently: quick when all is there.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+PACKAGES=(
+  # runtime
+  qemu-system-x86 containerd runc fuse3 iproute2
+  # guest image
+  busybox-static crun cpio linux-source-6.1 flex bison bc libelf-dev xz-utils
+  # building nydus, the agent protocol
+  cmake pkg-config libssl-dev protobuf-compiler
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "deps: Debian packages present"
+fi
+
+"$here/build-nydus.sh"
+"$here/build-vhost-vsock.sh"

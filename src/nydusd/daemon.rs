@@ -1,0 +1,846 @@
+//! Starting, watching and stopping a nydusd process.
+//!
+//! nydusd is spawned in the shim process's own network namespace (the calling thread may
+//! sit in a pod's namespace; nydusd needs the host network to reach registries), in its own
+//! process group (a Ctrl-C on the terminal is ours to handle, not nydusd's). Its output goes
+//! to our log line by line. A watcher task reaps it; if it dies on its own, the `on_exit`
+//! callback runs. Signals go through a pidfd, so a recycled pid is never hit.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use super::client::{ClientError, MountRequest, NydusClient};
+use super::mountpoint::PASSTHROUGH_MOUNTPOINT;
+
+/// Longest path a unix socket can be bound at (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// How often readiness is polled.
+const READY_POLL: Duration = Duration::from_millis(10);
+/// How long one readiness probe may take.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a virtio-fs nydusd gets to exit on SIGTERM before its socket is poked.
+const POKE_AFTER: Duration = Duration::from_millis(50);
+/// How long to wait for the process to go after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long the watcher waits for the output relays to drain after the process exits.
+const DRAIN_WAIT: Duration = Duration::from_millis(500);
+/// Output lines kept for the error of a daemon that exits during start.
+const TAIL_LINES: usize = 12;
+/// The process's network namespace, as opposed to the calling thread's.
+const PROCESS_NETNS: &str = "/proc/self/ns/net";
+const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// How nydusd serves its filesystems.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// As a vhost-user-fs backend on socket `sock` (`nydusd virtiofs`): the VM's daemon.
+    Virtiofs {
+        /// The vhost-user socket QEMU connects to.
+        sock: PathBuf,
+    },
+    /// As a FUSE server mounted on the host at `mountpoint` (`nydusd fuse`).
+    Fuse {
+        /// An existing directory nydusd mounts on.
+        mountpoint: PathBuf,
+    },
+}
+
+/// nydusd's log level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogLevel {
+    /// `trace`
+    Trace,
+    /// `debug`
+    Debug,
+    /// `info`
+    #[default]
+    Info,
+    /// `warn`
+    Warn,
+    /// `error`
+    Error,
+}
+
+impl LogLevel {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// How to run one nydusd.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The nydusd binary.
+    pub path: PathBuf,
+    /// The API socket nydusd creates.
+    pub api_sock: PathBuf,
+    /// virtio-fs or FUSE.
+    pub mode: Mode,
+    /// A host directory to mount as `passthrough_fs` at `/containers` once the daemon is
+    /// ready (the sandbox's shared directory).
+    pub shared_dir: Option<PathBuf>,
+    /// nydusd's log level.
+    pub log_level: LogLevel,
+    /// Extra arguments, appended after lazyvm's own.
+    pub extra_args: Vec<String>,
+    /// `--rlimit-nofile`; `None` means the process's hard limit. Never passed higher than
+    /// the hard limit (nydusd's default of 1000000 fails with EPERM where it is lower).
+    pub rlimit_nofile: Option<u64>,
+    /// How long nydusd may take to answer `RUNNING`.
+    pub ready_timeout: Duration,
+    /// How long nydusd may take to exit after SIGTERM before it gets SIGKILL.
+    pub stop_timeout: Duration,
+    /// Timeout of each API request made through [`Nydusd::client`].
+    pub api_timeout: Duration,
+}
+
+impl DaemonConfig {
+    /// A configuration with lazyvm's defaults: log level `info`, no extra arguments, a
+    /// 10 s ready timeout, a 5 s stop timeout and a 30 s API timeout.
+    pub fn new(path: impl Into<PathBuf>, api_sock: impl Into<PathBuf>, mode: Mode) -> Self {
+        DaemonConfig {
+            path: path.into(),
+            api_sock: api_sock.into(),
+            mode,
+            shared_dir: None,
+            log_level: LogLevel::default(),
+            extra_args: Vec::new(),
+            rlimit_nofile: None,
+            ready_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(5),
+            api_timeout: super::client::DEFAULT_TIMEOUT,
+        }
+    }
+
+    fn validate(&self) -> Result<(), DaemonError> {
+        let invalid = |kind: PathKind, path: &Path, reason: String| DaemonError::InvalidPath {
+            kind,
+            path: path.to_path_buf(),
+            reason,
+        };
+        check_binary(&self.path).map_err(|r| invalid(PathKind::Daemon, &self.path, r))?;
+        check_socket_path(&self.api_sock)
+            .map_err(|r| invalid(PathKind::ApiSocket, &self.api_sock, r))?;
+        match &self.mode {
+            Mode::Virtiofs { sock } => {
+                check_socket_path(sock).map_err(|r| invalid(PathKind::Socket, sock, r))?;
+                if sock == &self.api_sock {
+                    return Err(invalid(
+                        PathKind::Socket,
+                        sock,
+                        "is the same as the API socket".into(),
+                    ));
+                }
+            }
+            Mode::Fuse { mountpoint } => check_dir(mountpoint)
+                .map_err(|r| invalid(PathKind::FuseMountpoint, mountpoint, r))?,
+        }
+        if let Some(dir) = &self.shared_dir {
+            check_dir(dir).map_err(|r| invalid(PathKind::Source, dir, r))?;
+        }
+        Ok(())
+    }
+
+    fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        match &self.mode {
+            Mode::Virtiofs { sock } => {
+                args.push("virtiofs".into());
+                args.push("--sock".into());
+                args.push(sock.into());
+            }
+            Mode::Fuse { mountpoint } => {
+                args.push("fuse".into());
+                args.push("--mountpoint".into());
+                args.push(mountpoint.into());
+            }
+        }
+        args.push("--apisock".into());
+        args.push(self.api_sock.clone().into());
+        args.push("--log-level".into());
+        args.push(self.log_level.as_str().into());
+        args.push("--rlimit-nofile".into());
+        args.push(rlimit_nofile(self.rlimit_nofile).to_string().into());
+        args.extend(self.extra_args.iter().map(OsString::from));
+        args
+    }
+}
+
+/// Which path of a [`DaemonConfig`] was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// The nydusd binary.
+    Daemon,
+    /// The virtio-fs (vhost-user) socket.
+    Socket,
+    /// The API socket.
+    ApiSocket,
+    /// The shared directory (passthrough source).
+    Source,
+    /// The FUSE mountpoint.
+    FuseMountpoint,
+}
+
+impl std::fmt::Display for PathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathKind::Daemon => "nydusd daemon path",
+            PathKind::Socket => "nydusd socket path",
+            PathKind::ApiSocket => "nydusd API socket path",
+            PathKind::Source => "nydusd source (shared directory) path",
+            PathKind::FuseMountpoint => "nydusd FUSE mountpoint",
+        })
+    }
+}
+
+/// Why nydusd could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A path in the configuration is unusable; nothing was started.
+    #[error("{kind} {path:?} is invalid: {reason}")]
+    InvalidPath {
+        /// Which path.
+        kind: PathKind,
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Entering the shim's network namespace failed; nothing was started.
+    #[error("entering the shim's network namespace ({PROCESS_NETNS}) to start nydusd: {0}")]
+    Netns(#[source] io::Error),
+    /// The process could not be spawned.
+    #[error("spawning nydusd {path:?}: {source}")]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// nydusd exited before it was ready.
+    #[error("nydusd exited during start ({status}); its last output:\n{output}")]
+    ExitedEarly {
+        /// How it exited.
+        status: ExitStatus,
+        /// The last lines it printed.
+        output: String,
+    },
+    /// nydusd did not report `RUNNING` in time; it was stopped.
+    #[error("nydusd was not ready within {timeout:?}: {last}")]
+    NotReady {
+        /// The ready timeout.
+        timeout: Duration,
+        /// The last probe's outcome.
+        last: String,
+    },
+    /// Mounting the shared directory failed; nydusd was stopped.
+    #[error("mounting the shared directory at {PASSTHROUGH_MOUNTPOINT}: {0}")]
+    SharedDir(#[source] ClientError),
+    /// nydusd did not go away even after SIGKILL.
+    #[error("nydusd (pid {pid}) did not exit after SIGKILL")]
+    Unkillable {
+        /// Its pid.
+        pid: u32,
+    },
+}
+
+/// Called with the exit status when nydusd dies without being asked to.
+pub type OnExit = Box<dyn FnOnce(ExitStatus) + Send + 'static>;
+
+/// A running nydusd. Stop it with [`Nydusd::stop`]; dropping it kills it.
+#[derive(Debug)]
+pub struct Nydusd {
+    pid: u32,
+    pidfd: OwnedFd,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    stopping: Arc<AtomicBool>,
+    sockets: Vec<PathBuf>,
+    vhost_sock: Option<PathBuf>,
+    fuse_mountpoint: Option<PathBuf>,
+    client: NydusClient,
+    ready_after: Duration,
+    stop_timeout: Duration,
+    done: bool,
+}
+
+impl Nydusd {
+    /// Starts nydusd and waits until it is ready (and, with a shared directory, until that
+    /// is mounted). On any failure nothing is left behind: no process, no socket.
+    pub async fn start(config: DaemonConfig, on_exit: Option<OnExit>) -> Result<Self, DaemonError> {
+        config.validate()?;
+        let args = config.args();
+        log::info!(
+            "starting nydusd: {} {}",
+            config.path.display(),
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut cmd = Command::new(&config.path);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let spawned_at = Instant::now();
+        let mut child = spawn_in_process_netns(&mut cmd).map_err(|e| match e {
+            SpawnError::Netns(e) => DaemonError::Netns(e),
+            SpawnError::Spawn(source) => DaemonError::Spawn {
+                path: config.path.clone(),
+                source,
+            },
+        })?;
+        let pid = child.id().unwrap_or_default();
+        let pidfd = match rustix::process::Pid::from_raw(pid as i32)
+            .ok_or(rustix::io::Errno::SRCH)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+        {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(DaemonError::Spawn {
+                    path: config.path.clone(),
+                    source: e.into(),
+                });
+            }
+        };
+
+        let stopping = Arc::new(AtomicBool::new(false));
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let (exit_tx, exit) = watch::channel(None);
+        let relays = [
+            child.stdout.take().map(|o| relay(o, pid, tail.clone())),
+            child.stderr.take().map(|o| relay(o, pid, tail.clone())),
+        ];
+        tokio::spawn(watch_exit(
+            child,
+            pid,
+            relays,
+            exit_tx,
+            stopping.clone(),
+            on_exit,
+        ));
+
+        let mut sockets = vec![config.api_sock.clone()];
+        let (mut vhost_sock, mut fuse_mountpoint) = (None, None);
+        match &config.mode {
+            Mode::Virtiofs { sock } => {
+                sockets.push(sock.clone());
+                vhost_sock = Some(sock.clone());
+            }
+            Mode::Fuse { mountpoint } => fuse_mountpoint = Some(mountpoint.clone()),
+        }
+        let mut daemon = Nydusd {
+            pid,
+            pidfd,
+            exit,
+            stopping,
+            sockets,
+            vhost_sock,
+            fuse_mountpoint,
+            client: NydusClient::new(&config.api_sock).with_timeout(config.api_timeout),
+            ready_after: Duration::ZERO,
+            stop_timeout: config.stop_timeout,
+            done: false,
+        };
+
+        let setup = async {
+            daemon.wait_ready(config.ready_timeout, &tail).await?;
+            daemon.ready_after = spawned_at.elapsed();
+            log::info!("nydusd (pid {pid}) ready in {:?}", daemon.ready_after);
+            if let Some(dir) = &config.shared_dir {
+                daemon
+                    .client
+                    .mount(PASSTHROUGH_MOUNTPOINT, &MountRequest::passthrough(dir))
+                    .await
+                    .map_err(DaemonError::SharedDir)?;
+            }
+            Ok(())
+        };
+        match setup.await {
+            Ok(()) => Ok(daemon),
+            Err(e) => {
+                log::warn!("nydusd (pid {pid}) failed to start: {e}");
+                if let Err(stop_err) = daemon.shutdown().await {
+                    log::warn!("stopping the failed nydusd: {stop_err}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// nydusd's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// A client for this daemon's API.
+    pub fn client(&self) -> &NydusClient {
+        &self.client
+    }
+
+    /// The time from spawn to `RUNNING`.
+    pub fn ready_after(&self) -> Duration {
+        self.ready_after
+    }
+
+    /// How nydusd exited, once it has (and has been reaped).
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+
+    /// Stops nydusd: SIGTERM, up to the stop timeout, then SIGKILL; waits until it is
+    /// reaped; removes its sockets (and a FUSE mount it left). Returns how it exited.
+    pub async fn stop(mut self) -> Result<ExitStatus, DaemonError> {
+        self.shutdown().await
+    }
+
+    async fn shutdown(&mut self) -> Result<ExitStatus, DaemonError> {
+        self.done = true;
+        self.stopping.store(true, Ordering::SeqCst);
+        let status = self.terminate().await;
+        self.cleanup_files();
+        status
+    }
+
+    async fn terminate(&mut self) -> Result<ExitStatus, DaemonError> {
+        if let Some(status) = self.exit_status() {
+            return Ok(status);
+        }
+        self.signal(rustix::process::Signal::TERM);
+        if let Some(sock) = &self.vhost_sock {
+            // A virtio-fs nydusd with no vhost-user client stays blocked in accept() and
+            // ignores SIGTERM: connecting and hanging up lets it finish its shutdown.
+            if tokio::time::timeout(POKE_AFTER, wait_exit(&mut self.exit))
+                .await
+                .is_err()
+            {
+                drop(tokio::net::UnixStream::connect(sock).await);
+            }
+        }
+        if let Ok(status) = tokio::time::timeout(self.stop_timeout, wait_exit(&mut self.exit)).await
+        {
+            return Ok(status);
+        }
+        log::warn!(
+            "nydusd (pid {}) still running {:?} after SIGTERM: sending SIGKILL",
+            self.pid,
+            self.stop_timeout
+        );
+        self.signal(rustix::process::Signal::KILL);
+        tokio::time::timeout(KILL_WAIT, wait_exit(&mut self.exit))
+            .await
+            .map_err(|_| DaemonError::Unkillable { pid: self.pid })
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        match rustix::process::pidfd_send_signal(&self.pidfd, sig) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => log::warn!("signalling nydusd (pid {}): {e}", self.pid),
+        }
+    }
+
+    fn cleanup_files(&self) {
+        for sock in &self.sockets {
+            match std::fs::remove_file(sock) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("removing nydusd socket {}: {e}", sock.display()),
+            }
+        }
+        if let Some(mp) = &self.fuse_mountpoint {
+            if is_fuse_mount(mp) {
+                if let Err(e) = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH) {
+                    log::warn!("unmounting nydusd's FUSE mount {}: {e}", mp.display());
+                }
+            }
+        }
+    }
+
+    async fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        tail: &Mutex<VecDeque<String>>,
+    ) -> Result<(), DaemonError> {
+        let deadline = Instant::now() + timeout;
+        let probe = self.client.clone().with_timeout(READY_PROBE_TIMEOUT);
+        let mut last = String::from("its API socket was never created");
+        loop {
+            if let Some(status) = self.exit_status() {
+                let output = tail
+                    .lock()
+                    .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+                    .unwrap_or_default();
+                return Err(DaemonError::ExitedEarly { status, output });
+            }
+            if probe.sock().exists() {
+                match probe.daemon_info().await {
+                    Ok(info) if info.is_running() => return Ok(()),
+                    Ok(info) => last = format!("state is {:?}", info.state),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(DaemonError::NotReady { timeout, last });
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+}
+
+impl Drop for Nydusd {
+    fn drop(&mut self) {
+        if !self.done {
+            log::warn!("nydusd (pid {}) dropped without stop: killing it", self.pid);
+            self.stopping.store(true, Ordering::SeqCst);
+            self.signal(rustix::process::Signal::KILL);
+            self.cleanup_files();
+        }
+    }
+}
+
+async fn wait_exit(exit: &mut watch::Receiver<Option<ExitStatus>>) -> ExitStatus {
+    match exit.wait_for(Option::is_some).await {
+        Ok(status) => status.unwrap_or_else(unknown_exit),
+        // The watcher is gone (its runtime is shutting down): nothing more can be learnt.
+        Err(_) => unknown_exit(),
+    }
+}
+
+fn unknown_exit() -> ExitStatus {
+    ExitStatus::from_raw(255 << 8)
+}
+
+async fn watch_exit(
+    mut child: Child,
+    pid: u32,
+    relays: [Option<tokio::task::JoinHandle<()>>; 2],
+    exit_tx: watch::Sender<Option<ExitStatus>>,
+    stopping: Arc<AtomicBool>,
+    on_exit: Option<OnExit>,
+) {
+    let status = match child.wait().await {
+        Ok(status) => status,
+        Err(e) => {
+            log::warn!("waiting for nydusd (pid {pid}): {e}");
+            unknown_exit()
+        }
+    };
+    for relay in relays.into_iter().flatten() {
+        let _ = tokio::time::timeout(DRAIN_WAIT, relay).await;
+    }
+    let asked = stopping.load(Ordering::SeqCst);
+    if asked {
+        log::info!("nydusd (pid {pid}) exited: {status}");
+    } else {
+        log::warn!("nydusd (pid {pid}) exited on its own: {status}");
+    }
+    let _ = exit_tx.send(Some(status));
+    if !asked {
+        if let Some(on_exit) = on_exit {
+            on_exit(status);
+        }
+    }
+}
+
+fn relay(
+    out: impl AsyncRead + Unpin + Send + 'static,
+    pid: u32,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(out).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            log::info!(target: "lazyvm::nydusd::output", "nydusd[{pid}]: {line}");
+            if let Ok(mut tail) = tail.lock() {
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        }
+    })
+}
+
+enum SpawnError {
+    Netns(io::Error),
+    Spawn(io::Error),
+}
+
+/// Spawns `cmd` from a short-lived thread that has joined the process's network
+/// namespace, so the child runs there whatever namespace the calling thread is in.
+fn spawn_in_process_netns(cmd: &mut Command) -> Result<Child, SpawnError> {
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let _guard = runtime.enter();
+                enter_process_netns().map_err(SpawnError::Netns)?;
+                cmd.spawn().map_err(SpawnError::Spawn)
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(SpawnError::Spawn(io::Error::other(
+                    "the spawning thread panicked",
+                )))
+            })
+    })
+}
+
+fn enter_process_netns() -> io::Result<()> {
+    let process = std::fs::metadata(PROCESS_NETNS)?;
+    let thread = std::fs::metadata(THREAD_NETNS)?;
+    if (process.dev(), process.ino()) == (thread.dev(), thread.ino()) {
+        return Ok(());
+    }
+    let ns = File::open(PROCESS_NETNS)?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
+/// The `--rlimit-nofile` value: the wanted one (the hard limit by default), never above the
+/// hard limit.
+fn rlimit_nofile(wanted: Option<u64>) -> u64 {
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        // 0 tells nydusd to leave its limit as it is.
+        .unwrap_or(0);
+    match wanted {
+        Some(w) if w <= hard => w,
+        Some(w) => {
+            log::warn!("rlimit_nofile {w} is above the hard limit {hard}: using {hard}");
+            hard
+        }
+        None => hard,
+    }
+}
+
+fn check_binary(path: &Path) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Err("it is empty".into());
+    }
+    let meta = std::fs::metadata(path).map_err(|e| describe_io(&e))?;
+    if !meta.is_file() {
+        return Err("it is not a file".into());
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err("it is not executable".into());
+    }
+    Ok(())
+}
+
+fn check_socket_path(path: &Path) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Err("it is empty".into());
+    }
+    let len = path.as_os_str().as_bytes().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(format!(
+            "it is {len} bytes long; a unix socket path can be at most {MAX_SOCKET_PATH}"
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!("its directory {} does not exist", dir.display()));
+    }
+    if path.symlink_metadata().is_ok() {
+        return Err("a file already exists there".into());
+    }
+    Ok(())
+}
+
+fn check_dir(path: &Path) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Err("it is empty".into());
+    }
+    let meta = std::fs::metadata(path).map_err(|e| describe_io(&e))?;
+    if !meta.is_dir() {
+        return Err("it is not a directory".into());
+    }
+    Ok(())
+}
+
+fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "it does not exist".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Whether `path` is the mountpoint of a FUSE filesystem (per /proc/self/mountinfo).
+fn is_fuse_mount(path: &Path) -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = escape_mountinfo(path);
+    mountinfo.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let fstype = fields
+            .iter()
+            .position(|f| *f == "-")
+            .and_then(|i| fields.get(i + 1));
+        fields.get(4) == Some(&want.as_str())
+            && fstype.is_some_and(|t| *t == "fuse" || t.starts_with("fuse."))
+    })
+}
+
+fn escape_mountinfo(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            ' ' => out.push_str("\\040"),
+            '\t' => out.push_str("\\011"),
+            '\n' => out.push_str("\\012"),
+            '\\' => out.push_str("\\134"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> DaemonConfig {
+        DaemonConfig::new(
+            "/bin/true",
+            dir.join("api.sock"),
+            Mode::Virtiofs {
+                sock: dir.join("vhost.sock"),
+            },
+        )
+    }
+
+    #[test]
+    fn virtiofs_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.log_level = LogLevel::Debug;
+        c.extra_args = vec!["--thread-num".into(), "4".into()];
+        c.rlimit_nofile = Some(64);
+        let args: Vec<String> = c
+            .args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let api = dir.path().join("api.sock").display().to_string();
+        let sock = dir.path().join("vhost.sock").display().to_string();
+        assert_eq!(
+            args,
+            [
+                "virtiofs",
+                "--sock",
+                &sock,
+                "--apisock",
+                &api,
+                "--log-level",
+                "debug",
+                "--rlimit-nofile",
+                "64",
+                "--thread-num",
+                "4"
+            ]
+        );
+        assert!(!args.iter().any(|a| a == "--hybrid-mode"));
+    }
+
+    #[test]
+    fn fuse_command_line() {
+        let c = DaemonConfig::new(
+            "/bin/true",
+            "/tmp/a.sock",
+            Mode::Fuse {
+                mountpoint: "/mnt/x".into(),
+            },
+        );
+        let args = c.args();
+        assert_eq!(args[0], "fuse");
+        assert_eq!(args[1], "--mountpoint");
+        assert_eq!(args[2], "/mnt/x");
+    }
+
+    #[test]
+    fn rlimit_never_above_hard_limit() {
+        let (_, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(rlimit_nofile(None), hard);
+        assert_eq!(rlimit_nofile(Some(u64::MAX)), hard);
+        assert_eq!(rlimit_nofile(Some(1)), 1);
+    }
+
+    #[test]
+    fn each_bad_path_has_its_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let kind = |c: &DaemonConfig| match c.validate() {
+            Err(DaemonError::InvalidPath { kind, .. }) => Some(kind),
+            _ => None,
+        };
+        assert_eq!(kind(&config(dir.path())), None);
+
+        let mut c = config(dir.path());
+        c.path = dir.path().join("no-such-nydusd");
+        assert_eq!(kind(&c), Some(PathKind::Daemon));
+        c.path = dir.path().to_path_buf();
+        assert_eq!(kind(&c), Some(PathKind::Daemon));
+        c.path = PathBuf::new();
+        assert_eq!(kind(&c), Some(PathKind::Daemon));
+
+        let mut c = config(dir.path());
+        c.mode = Mode::Virtiofs {
+            sock: dir.path().join("missing/vhost.sock"),
+        };
+        assert_eq!(kind(&c), Some(PathKind::Socket));
+
+        let mut c = config(dir.path());
+        c.api_sock = dir.path().join("missing/api.sock");
+        assert_eq!(kind(&c), Some(PathKind::ApiSocket));
+        c.api_sock = dir.path().join("x".repeat(120));
+        assert_eq!(kind(&c), Some(PathKind::ApiSocket));
+        std::fs::write(dir.path().join("stale.sock"), "").unwrap();
+        c.api_sock = dir.path().join("stale.sock");
+        assert_eq!(kind(&c), Some(PathKind::ApiSocket));
+
+        let mut c = config(dir.path());
+        c.shared_dir = Some(dir.path().join("missing"));
+        assert_eq!(kind(&c), Some(PathKind::Source));
+
+        let mut c = config(dir.path());
+        c.mode = Mode::Fuse {
+            mountpoint: dir.path().join("missing"),
+        };
+        assert_eq!(kind(&c), Some(PathKind::FuseMountpoint));
+    }
+
+    #[test]
+    fn mountinfo_escaping() {
+        assert_eq!(escape_mountinfo(Path::new("/a b\\c")), "/a\\040b\\134c");
+        assert!(!is_fuse_mount(Path::new("/definitely/not/mounted")));
+    }
+}
