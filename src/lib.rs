@@ -3,7 +3,9 @@
 //!
 //! One module per hop of the data flow (see `DESIGN.md` in the shared folder):
 //! - [`rootfs`] classifies containerd's rootfs mounts and decodes the nydus `extraoption`;
+//! - [`process`] supervises the helper processes (nydusd, QEMU, vhost-device-vsock);
 //! - [`nydusd`] runs nydusd (the VM's virtio-fs daemon) and talks to its HTTP API.
 
 pub mod nydusd;
+pub mod process;
 pub mod rootfs;

@@ -1,31 +1,22 @@
 //! Starting, watching and stopping a nydusd process.
 //!
-//! nydusd is spawned in the shim process's own network namespace (the calling thread may
-//! sit in a pod's namespace; nydusd needs the host network to reach registries), in its own
-//! process group (a Ctrl-C on the terminal is ours to handle, not nydusd's). Its output goes
-//! to our log line by line. A watcher task reaps it; if it dies on its own, the `on_exit`
-//! callback runs. Signals go through a pidfd, so a recycled pid is never hit.
+//! nydusd runs as a [`Supervised`] process: in the shim's own network namespace (it needs
+//! the host network to reach registries), its output in our log, reaped by a watcher that
+//! calls `on_exit` if it dies on its own.
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::process::Command;
 
 use super::client::{ClientError, MountRequest, NydusClient};
 use super::mountpoint::PASSTHROUGH_MOUNTPOINT;
+use crate::process::{OnExit, ProcessError, Supervised};
 
 /// Longest path a unix socket can be bound at (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -35,15 +26,6 @@ const READY_POLL: Duration = Duration::from_millis(10);
 const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a virtio-fs nydusd gets to exit on SIGTERM before its socket is poked.
 const POKE_AFTER: Duration = Duration::from_millis(50);
-/// How long to wait for the process to go after SIGKILL.
-const KILL_WAIT: Duration = Duration::from_secs(5);
-/// How long the watcher waits for the output relays to drain after the process exits.
-const DRAIN_WAIT: Duration = Duration::from_millis(500);
-/// Output lines kept for the error of a daemon that exits during start.
-const TAIL_LINES: usize = 12;
-/// The process's network namespace, as opposed to the calling thread's.
-const PROCESS_NETNS: &str = "/proc/self/ns/net";
-const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 
 /// How nydusd serves its filesystems.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,18 +209,9 @@ pub enum DaemonError {
         /// What is wrong with it.
         reason: String,
     },
-    /// Entering the shim's network namespace failed; nothing was started.
-    #[error("entering the shim's network namespace ({PROCESS_NETNS}) to start nydusd: {0}")]
-    Netns(#[source] io::Error),
-    /// The process could not be spawned.
-    #[error("spawning nydusd {path:?}: {source}")]
-    Spawn {
-        /// The binary.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
+    /// The process could not be started or stopped.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
     /// nydusd exited before it was ready.
     #[error("nydusd exited during start ({status}); its last output:\n{output}")]
     ExitedEarly {
@@ -258,31 +231,18 @@ pub enum DaemonError {
     /// Mounting the shared directory failed; nydusd was stopped.
     #[error("mounting the shared directory at {PASSTHROUGH_MOUNTPOINT}: {0}")]
     SharedDir(#[source] ClientError),
-    /// nydusd did not go away even after SIGKILL.
-    #[error("nydusd (pid {pid}) did not exit after SIGKILL")]
-    Unkillable {
-        /// Its pid.
-        pid: u32,
-    },
 }
-
-/// Called with the exit status when nydusd dies without being asked to.
-pub type OnExit = Box<dyn FnOnce(ExitStatus) + Send + 'static>;
 
 /// A running nydusd. Stop it with [`Nydusd::stop`]; dropping it kills it.
 #[derive(Debug)]
 pub struct Nydusd {
-    pid: u32,
-    pidfd: OwnedFd,
-    exit: watch::Receiver<Option<ExitStatus>>,
-    stopping: Arc<AtomicBool>,
+    process: Supervised,
     sockets: Vec<PathBuf>,
     vhost_sock: Option<PathBuf>,
     fuse_mountpoint: Option<PathBuf>,
     client: NydusClient,
     ready_after: Duration,
     stop_timeout: Duration,
-    done: bool,
 }
 
 impl Nydusd {
@@ -300,50 +260,9 @@ impl Nydusd {
                 .join(" ")
         );
         let mut cmd = Command::new(&config.path);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+        cmd.args(&args);
         let spawned_at = Instant::now();
-        let mut child = spawn_in_process_netns(&mut cmd).map_err(|e| match e {
-            SpawnError::Netns(e) => DaemonError::Netns(e),
-            SpawnError::Spawn(source) => DaemonError::Spawn {
-                path: config.path.clone(),
-                source,
-            },
-        })?;
-        let pid = child.id().unwrap_or_default();
-        let pidfd = match rustix::process::Pid::from_raw(pid as i32)
-            .ok_or(rustix::io::Errno::SRCH)
-            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
-        {
-            Ok(fd) => fd,
-            Err(e) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return Err(DaemonError::Spawn {
-                    path: config.path.clone(),
-                    source: e.into(),
-                });
-            }
-        };
-
-        let stopping = Arc::new(AtomicBool::new(false));
-        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-        let (exit_tx, exit) = watch::channel(None);
-        let relays = [
-            child.stdout.take().map(|o| relay(o, pid, tail.clone())),
-            child.stderr.take().map(|o| relay(o, pid, tail.clone())),
-        ];
-        tokio::spawn(watch_exit(
-            child,
-            pid,
-            relays,
-            exit_tx,
-            stopping.clone(),
-            on_exit,
-        ));
+        let process = Supervised::spawn("nydusd", &mut cmd, on_exit)?;
 
         let mut sockets = vec![config.api_sock.clone()];
         let (mut vhost_sock, mut fuse_mountpoint) = (None, None);
@@ -355,23 +274,23 @@ impl Nydusd {
             Mode::Fuse { mountpoint } => fuse_mountpoint = Some(mountpoint.clone()),
         }
         let mut daemon = Nydusd {
-            pid,
-            pidfd,
-            exit,
-            stopping,
+            process,
             sockets,
             vhost_sock,
             fuse_mountpoint,
             client: NydusClient::new(&config.api_sock).with_timeout(config.api_timeout),
             ready_after: Duration::ZERO,
             stop_timeout: config.stop_timeout,
-            done: false,
         };
 
         let setup = async {
-            daemon.wait_ready(config.ready_timeout, &tail).await?;
+            daemon.wait_ready(config.ready_timeout).await?;
             daemon.ready_after = spawned_at.elapsed();
-            log::info!("nydusd (pid {pid}) ready in {:?}", daemon.ready_after);
+            log::info!(
+                "nydusd (pid {}) ready in {:?}",
+                daemon.pid(),
+                daemon.ready_after
+            );
             if let Some(dir) = &config.shared_dir {
                 daemon
                     .client
@@ -384,7 +303,7 @@ impl Nydusd {
         match setup.await {
             Ok(()) => Ok(daemon),
             Err(e) => {
-                log::warn!("nydusd (pid {pid}) failed to start: {e}");
+                log::warn!("nydusd (pid {}) failed to start: {e}", daemon.pid());
                 if let Err(stop_err) = daemon.shutdown().await {
                     log::warn!("stopping the failed nydusd: {stop_err}");
                 }
@@ -395,7 +314,7 @@ impl Nydusd {
 
     /// nydusd's pid.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.process.pid()
     }
 
     /// A client for this daemon's API.
@@ -410,7 +329,7 @@ impl Nydusd {
 
     /// How nydusd exited, once it has (and has been reaped).
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        *self.exit.borrow()
+        self.process.exit_status()
     }
 
     /// Stops nydusd: SIGTERM, up to the stop timeout, then SIGKILL; waits until it is
@@ -420,48 +339,22 @@ impl Nydusd {
     }
 
     async fn shutdown(&mut self) -> Result<ExitStatus, DaemonError> {
-        self.done = true;
-        self.stopping.store(true, Ordering::SeqCst);
         let status = self.terminate().await;
         self.cleanup_files();
-        status
+        Ok(status?)
     }
 
-    async fn terminate(&mut self) -> Result<ExitStatus, DaemonError> {
-        if let Some(status) = self.exit_status() {
-            return Ok(status);
-        }
-        self.signal(rustix::process::Signal::TERM);
+    async fn terminate(&mut self) -> Result<ExitStatus, ProcessError> {
+        self.process.set_stopping();
         if let Some(sock) = &self.vhost_sock {
             // A virtio-fs nydusd with no vhost-user client stays blocked in accept() and
             // ignores SIGTERM: connecting and hanging up lets it finish its shutdown.
-            if tokio::time::timeout(POKE_AFTER, wait_exit(&mut self.exit))
-                .await
-                .is_err()
-            {
+            self.process.signal(rustix::process::Signal::TERM);
+            if self.process.wait_timeout(POKE_AFTER).await.is_none() {
                 drop(tokio::net::UnixStream::connect(sock).await);
             }
         }
-        if let Ok(status) = tokio::time::timeout(self.stop_timeout, wait_exit(&mut self.exit)).await
-        {
-            return Ok(status);
-        }
-        log::warn!(
-            "nydusd (pid {}) still running {:?} after SIGTERM: sending SIGKILL",
-            self.pid,
-            self.stop_timeout
-        );
-        self.signal(rustix::process::Signal::KILL);
-        tokio::time::timeout(KILL_WAIT, wait_exit(&mut self.exit))
-            .await
-            .map_err(|_| DaemonError::Unkillable { pid: self.pid })
-    }
-
-    fn signal(&self, sig: rustix::process::Signal) {
-        match rustix::process::pidfd_send_signal(&self.pidfd, sig) {
-            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-            Err(e) => log::warn!("signalling nydusd (pid {}): {e}", self.pid),
-        }
+        self.process.terminate(self.stop_timeout).await
     }
 
     fn cleanup_files(&self) {
@@ -481,21 +374,16 @@ impl Nydusd {
         }
     }
 
-    async fn wait_ready(
-        &mut self,
-        timeout: Duration,
-        tail: &Mutex<VecDeque<String>>,
-    ) -> Result<(), DaemonError> {
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), DaemonError> {
         let deadline = Instant::now() + timeout;
         let probe = self.client.clone().with_timeout(READY_PROBE_TIMEOUT);
         let mut last = String::from("its API socket was never created");
         loop {
-            if let Some(status) = self.exit_status() {
-                let output = tail
-                    .lock()
-                    .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
-                    .unwrap_or_default();
-                return Err(DaemonError::ExitedEarly { status, output });
+            if let Some(status) = self.process.exit_status() {
+                return Err(DaemonError::ExitedEarly {
+                    status,
+                    output: self.process.output_tail(),
+                });
             }
             if probe.sock().exists() {
                 match probe.daemon_info().await {
@@ -514,111 +402,12 @@ impl Nydusd {
 
 impl Drop for Nydusd {
     fn drop(&mut self) {
-        if !self.done {
-            log::warn!("nydusd (pid {}) dropped without stop: killing it", self.pid);
-            self.stopping.store(true, Ordering::SeqCst);
-            self.signal(rustix::process::Signal::KILL);
-            self.cleanup_files();
+        // The process itself is killed by Supervised's drop; its files are ours.
+        if self.process.exit_status().is_none() {
+            self.process.signal(rustix::process::Signal::KILL);
         }
+        self.cleanup_files();
     }
-}
-
-async fn wait_exit(exit: &mut watch::Receiver<Option<ExitStatus>>) -> ExitStatus {
-    match exit.wait_for(Option::is_some).await {
-        Ok(status) => status.unwrap_or_else(unknown_exit),
-        // The watcher is gone (its runtime is shutting down): nothing more can be learnt.
-        Err(_) => unknown_exit(),
-    }
-}
-
-fn unknown_exit() -> ExitStatus {
-    ExitStatus::from_raw(255 << 8)
-}
-
-async fn watch_exit(
-    mut child: Child,
-    pid: u32,
-    relays: [Option<tokio::task::JoinHandle<()>>; 2],
-    exit_tx: watch::Sender<Option<ExitStatus>>,
-    stopping: Arc<AtomicBool>,
-    on_exit: Option<OnExit>,
-) {
-    let status = match child.wait().await {
-        Ok(status) => status,
-        Err(e) => {
-            log::warn!("waiting for nydusd (pid {pid}): {e}");
-            unknown_exit()
-        }
-    };
-    for relay in relays.into_iter().flatten() {
-        let _ = tokio::time::timeout(DRAIN_WAIT, relay).await;
-    }
-    let asked = stopping.load(Ordering::SeqCst);
-    if asked {
-        log::info!("nydusd (pid {pid}) exited: {status}");
-    } else {
-        log::warn!("nydusd (pid {pid}) exited on its own: {status}");
-    }
-    let _ = exit_tx.send(Some(status));
-    if !asked {
-        if let Some(on_exit) = on_exit {
-            on_exit(status);
-        }
-    }
-}
-
-fn relay(
-    out: impl AsyncRead + Unpin + Send + 'static,
-    pid: u32,
-    tail: Arc<Mutex<VecDeque<String>>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(out).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            log::info!(target: "lazyvm::nydusd::output", "nydusd[{pid}]: {line}");
-            if let Ok(mut tail) = tail.lock() {
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-        }
-    })
-}
-
-enum SpawnError {
-    Netns(io::Error),
-    Spawn(io::Error),
-}
-
-/// Spawns `cmd` from a short-lived thread that has joined the process's network
-/// namespace, so the child runs there whatever namespace the calling thread is in.
-fn spawn_in_process_netns(cmd: &mut Command) -> Result<Child, SpawnError> {
-    let runtime = tokio::runtime::Handle::current();
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let _guard = runtime.enter();
-                enter_process_netns().map_err(SpawnError::Netns)?;
-                cmd.spawn().map_err(SpawnError::Spawn)
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(SpawnError::Spawn(io::Error::other(
-                    "the spawning thread panicked",
-                )))
-            })
-    })
-}
-
-fn enter_process_netns() -> io::Result<()> {
-    let process = std::fs::metadata(PROCESS_NETNS)?;
-    let thread = std::fs::metadata(THREAD_NETNS)?;
-    if (process.dev(), process.ino()) == (thread.dev(), thread.ino()) {
-        return Ok(());
-    }
-    let ns = File::open(PROCESS_NETNS)?;
-    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
 
 /// The `--rlimit-nofile` value: the wanted one (the hard limit by default), never above the
