@@ -2,7 +2,10 @@
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: all deps build test unit-test integration-test demo lint clean
+SHARE ?= $(PREFIX)/share/lazyvm
+ETC ?= /etc/lazyvm
+
+.PHONY: all deps build guest install test unit-test demo lint clean
 
 all: build
 
@@ -14,8 +17,23 @@ deps:
 build:
 	$(CARGO) build --release
 
-## Everything CI runs: deps, lint, unit and integration tests against the real components.
-test: deps lint
+## The guest image in build/guest/: minimal kernel (cached build), Debian's kernel,
+## the static agent and both initramfs variants.
+guest:
+	@bash scripts/build-guest.sh
+
+## Put the binaries on PATH, the guest image in $(SHARE), and a default configuration in
+## $(ETC) where none exists.
+install: build guest
+	install -m 0755 target/release/containerd-shim-lazyvm-v2 target/release/lazyvm $(PREFIX)/bin/
+	install -d $(SHARE)
+	install -m 0644 build/guest/vmlinux build/guest/initramfs.cpio.gz $(SHARE)/
+	install -d $(ETC)
+	test -e $(ETC)/config.toml || install -m 0644 deploy/config.toml $(ETC)/config.toml
+
+## Everything CI runs: deps, the guest image, lint, unit and integration tests against the
+## real components (nydusd, QEMU under TCG, containerd).
+test: deps guest lint
 	$(CARGO) test --all-targets -- --test-threads=1
 
 ## Unit tests only (no root, no real components).
@@ -24,7 +42,7 @@ unit-test:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## The main job: a RAFS image built with nydus-image, mounted and read through nydusd.
 demo: deps

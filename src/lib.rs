@@ -2,10 +2,21 @@
 //! containers lazily from nydus (RAFS) images.
 //!
 //! One module per hop of the data flow (see `DESIGN.md` in the shared folder):
+//! - [`shim`] is the containerd shim: task service, events, stdio;
+//! - [`sandbox`] is one pod: the VM, nydusd, the agent client, and the containers in it;
 //! - [`rootfs`] classifies containerd's rootfs mounts and decodes the nydus `extraoption`;
-//! - [`process`] supervises the helper processes (nydusd, QEMU, vhost-device-vsock);
-//! - [`nydusd`] runs nydusd (the VM's virtio-fs daemon) and talks to its HTTP API.
+//! - [`nydusd`] runs nydusd (the VM's virtio-fs daemon) and talks to its HTTP API;
+//! - [`hypervisor`] runs the VM: QEMU and vhost-device-vsock;
+//! - [`agent`] is the host side of the guest agent protocol (ttrpc over hybrid vsock);
+//! - [`config`] is the runtime configuration (TOML with defaults);
+//! - [`process`] supervises the helper processes; [`mounts`] handles host mounts.
 
+pub mod agent;
+pub mod config;
+pub mod hypervisor;
+pub mod mounts;
 pub mod nydusd;
 pub mod process;
 pub mod rootfs;
+pub mod sandbox;
+pub mod shim;

@@ -366,7 +366,7 @@ impl Nydusd {
             }
         }
         if let Some(mp) = &self.fuse_mountpoint {
-            if is_fuse_mount(mp) {
+            if crate::mounts::is_mounted(mp, |t| t == "fuse" || t.starts_with("fuse.")) {
                 if let Err(e) = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH) {
                     log::warn!("unmounting nydusd's FUSE mount {}: {e}", mp.display());
                 }
@@ -482,37 +482,6 @@ fn describe_io(e: &io::Error) -> String {
     }
 }
 
-/// Whether `path` is the mountpoint of a FUSE filesystem (per /proc/self/mountinfo).
-fn is_fuse_mount(path: &Path) -> bool {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = escape_mountinfo(path);
-    mountinfo.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let fstype = fields
-            .iter()
-            .position(|f| *f == "-")
-            .and_then(|i| fields.get(i + 1));
-        fields.get(4) == Some(&want.as_str())
-            && fstype.is_some_and(|t| *t == "fuse" || t.starts_with("fuse."))
-    })
-}
-
-fn escape_mountinfo(path: &Path) -> String {
-    let mut out = String::new();
-    for c in path.to_string_lossy().chars() {
-        match c {
-            ' ' => out.push_str("\\040"),
-            '\t' => out.push_str("\\011"),
-            '\n' => out.push_str("\\012"),
-            '\\' => out.push_str("\\134"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,11 +594,5 @@ mod tests {
             mountpoint: dir.path().join("missing"),
         };
         assert_eq!(kind(&c), Some(PathKind::FuseMountpoint));
-    }
-
-    #[test]
-    fn mountinfo_escaping() {
-        assert_eq!(escape_mountinfo(Path::new("/a b\\c")), "/a\\040b\\134c");
-        assert!(!is_fuse_mount(Path::new("/definitely/not/mounted")));
     }
 }

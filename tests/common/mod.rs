@@ -24,14 +24,24 @@ pub fn nydus_image_path() -> PathBuf {
     nydusd_path().with_file_name("nydus-image")
 }
 
-/// A small rootfs: busybox-static as /bin/busybox (with a `sh` link) and /etc/hello.txt.
+/// Applets linked in the busybox rootfs.
+const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "hostname", "ls", "sleep", "kill", "test", "id", "wc", "head", "tr",
+    "stty", "true", "false", "mount", "dd",
+];
+
+/// A small rootfs: busybox-static as /bin/busybox with links for common applets, the
+/// usual mount points, and /etc/hello.txt.
 pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("etc")).unwrap();
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "run"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
         .expect("/bin/busybox (Debian busybox-static) is missing: run `make deps`");
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
     std::fs::write(root.join("etc/hello.txt"), "hello from rafs\n").unwrap();
     root
 }
@@ -161,4 +171,100 @@ pub fn processes_mentioning(needle: &Path) -> Vec<u32> {
         }
     }
     found
+}
+
+/// A prefix for the ids of this test process's containers (sandbox dirs carry it).
+pub fn test_prefix() -> String {
+    format!("lzt{}-", std::process::id())
+}
+
+/// The guest image under test: `$LAZYVM_GUEST_DIR`, else the checkout's `build/guest`.
+pub fn guest_dir() -> PathBuf {
+    let dir = std::env::var_os("LAZYVM_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guest"));
+    assert!(
+        dir.join("vmlinux").is_file() && dir.join("initramfs.cpio.gz").is_file(),
+        "no guest image in {}: run `make guest`",
+        dir.display()
+    );
+    dir
+}
+
+/// Writes a lazyvm configuration using the guest image in `guest` under TCG.
+pub fn write_config(path: &Path, guest: &Path) {
+    std::fs::write(
+        path,
+        format!(
+            "[hypervisor]\naccel = \"tcg\"\nkernel = {:?}\ninitramfs = {:?}\n",
+            guest.join("vmlinux"),
+            guest.join("initramfs.cpio.gz")
+        ),
+    )
+    .unwrap();
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Builds an OCI image archive (for `ctr images import`) of the directory `rootfs`,
+/// named `name`.
+pub fn oci_image_archive(rootfs: &Path, name: &str, out: &Path) {
+    let mut layer = tar::Builder::new(Vec::new());
+    layer.follow_symlinks(false);
+    layer.append_dir_all(".", rootfs).unwrap();
+    let layer = layer.into_inner().unwrap();
+    let layer_digest = sha256_hex(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin:/usr/bin:/sbin:/usr/sbin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
+    }))
+    .unwrap();
+    let config_digest = sha256_hex(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{config_digest}"), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": format!("sha256:{layer_digest}"), "size": layer.len()}]
+    }))
+    .unwrap();
+    let manifest_digest = sha256_hex(&manifest);
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_digest}"), "size": manifest.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+            "annotations": {"io.containerd.image.name": name,
+                            "org.opencontainers.image.ref.name": "latest"}
+        }]
+    }))
+    .unwrap();
+    let mut archive = tar::Builder::new(std::fs::File::create(out).unwrap());
+    let mut add = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        archive.append_data(&mut h, path, data).unwrap();
+    };
+    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add("index.json", &index);
+    for (digest, data) in [
+        (&layer_digest, &layer),
+        (&config_digest, &config),
+        (&manifest_digest, &manifest),
+    ] {
+        add(&format!("blobs/sha256/{digest}"), data);
+    }
+    archive.finish().unwrap();
 }

@@ -1,0 +1,132 @@
+//! lazyvm-agent: PID 1 of lazyvm's micro-VM. It sets the VM up, then serves the agent
+//! protocol (`proto/agent.proto`) over ttrpc on vsock port 1024, running containers
+//! through crun.
+//!
+//! Usage: `lazyvm-agent [--listen ADDR] [--crun PATH]`; ADDR defaults to
+//! `vsock://-1:1024`, `unix:///path` is accepted for tests outside a VM. The kernel
+//! command line option `lazyvm.debug` turns on debug logging.
+
+mod cgroup;
+mod container;
+mod init;
+mod logger;
+mod modules;
+mod mount;
+mod reaper;
+mod runtime;
+mod service;
+mod spec;
+mod stdio;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lazyvm_proto::agent_ttrpc::create_agent;
+
+/// Command-line options.
+struct Options {
+    listen: String,
+    crun: PathBuf,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        listen: format!("vsock://-1:{}", lazyvm_proto::AGENT_VSOCK_PORT),
+        crun: PathBuf::from("/usr/bin/crun"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--listen" => o.listen = value("--listen")?,
+            "--crun" => o.crun = PathBuf::from(value("--crun")?),
+            // The kernel passes unknown command-line words to init: ignore them.
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
+fn debug_requested() -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .map(|c| c.split_whitespace().any(|w| w == "lazyvm.debug"))
+        .unwrap_or(false)
+}
+
+/// PID 1 must never exit: on a fatal error, say why and power the VM off.
+fn fatal(pid1: bool, msg: &str) -> ! {
+    log::error!("fatal: {msg}");
+    if pid1 {
+        nix::unistd::sync();
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    }
+    std::process::exit(1);
+}
+
+fn main() {
+    let pid1 = std::process::id() == 1;
+    logger::init(false);
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => fatal(pid1, &e),
+    };
+    if pid1 {
+        std::env::set_var(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+        if let Err(e) = init::setup() {
+            fatal(pid1, &format!("boot setup: {e}"));
+        }
+        logger::init(debug_requested());
+        if debug_requested() {
+            log::set_max_level(log::LevelFilter::Debug);
+        }
+    } else if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        fatal(pid1, &format!("becoming a subreaper: {e}"));
+    }
+
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fatal(pid1, &format!("tokio runtime: {e}")),
+    };
+    if let Err(e) = rt.block_on(serve(opts)) {
+        fatal(pid1, &e);
+    }
+}
+
+async fn serve(opts: Options) -> Result<(), String> {
+    let reaper = reaper::Reaper::start().map_err(|e| e.to_string())?;
+    let work = PathBuf::from(if std::process::id() == 1 {
+        "/run/lazyvm/work".to_owned()
+    } else {
+        std::env::var("LAZYVM_AGENT_WORK").unwrap_or_else(|_| "/tmp/lazyvm-agent".to_owned())
+    });
+    std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
+    if !opts.crun.exists() {
+        return Err(format!(
+            "the OCI runtime {} is missing",
+            opts.crun.display()
+        ));
+    }
+    let crun = runtime::Crun::new(opts.crun, PathBuf::from("/run/crun"), work, reaper);
+    let svc = service::AgentService::new(crun);
+    let handler = service::Handler(svc);
+    let mut server = ttrpc::r#async::Server::new()
+        .bind(&opts.listen)
+        .map_err(|e| format!("listening on {}: {e}", opts.listen))?
+        .register_service(create_agent(std::sync::Arc::new(handler)));
+    server
+        .start()
+        .await
+        .map_err(|e| format!("starting the ttrpc server: {e}"))?;
+    log::info!("agent ready on {}", opts.listen);
+    // The server runs on its own tasks; PID 1 lives until the VM stops.
+    std::future::pending::<()>().await;
+    Ok(())
+}

@@ -1,0 +1,716 @@
+//! The ttrpc `Agent` service: maps each RPC onto mounts, crun and the process table.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lazyvm_proto::agent::*;
+use lazyvm_proto::agent_ttrpc::Agent;
+use lazyvm_proto::protobuf::MessageField;
+use ttrpc::r#async::TtrpcContext;
+use ttrpc::{Code, Error as TtrpcError};
+
+use crate::cgroup::{Cgroup, CgroupError};
+use crate::container::{Container, PendingIo, Process};
+use crate::mount::{self, MountError, CONTAINERS_DIR};
+use crate::runtime::{Crun, RuntimeError};
+use crate::spec::{self, SpecError};
+use crate::stdio::StdioError;
+
+/// Where the virtio-fs share is mounted.
+pub const SHARED_DIR: &str = "/run/lazyvm/shared";
+/// How often cgroups are checked for OOM kills.
+const OOM_POLL: Duration = Duration::from_millis(250);
+
+/// Errors of the service; each maps onto a ttrpc status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Unknown container or process.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The container or exec exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// A bad argument.
+    #[error("{0}")]
+    Invalid(String),
+    /// Wrong state for the call.
+    #[error("{0}")]
+    Precondition(String),
+    /// A spec or id problem.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A mount failed.
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    /// crun failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// stdio failed.
+    #[error(transparent)]
+    Stdio(#[from] StdioError),
+    /// cgroup access failed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// Some other I/O failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl ServiceError {
+    fn code(&self) -> Code {
+        match self {
+            ServiceError::NotFound(_) => Code::NOT_FOUND,
+            ServiceError::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            ServiceError::Invalid(_) | ServiceError::Spec(_) => Code::INVALID_ARGUMENT,
+            ServiceError::Mount(MountError::BadMountPoint { .. })
+            | ServiceError::Mount(MountError::Invalid(_)) => Code::INVALID_ARGUMENT,
+            ServiceError::Precondition(_) => Code::FAILED_PRECONDITION,
+            ServiceError::Stdio(StdioError::Closed) => Code::FAILED_PRECONDITION,
+            _ => Code::INTERNAL,
+        }
+    }
+}
+
+impl From<ServiceError> for TtrpcError {
+    fn from(e: ServiceError) -> Self {
+        TtrpcError::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceError {
+    let what = what.into();
+    move |source| ServiceError::Io { what, source }
+}
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+#[derive(Default)]
+struct SandboxState {
+    created: bool,
+    share_mounted: bool,
+}
+
+/// The agent's state and RPC implementation.
+pub struct AgentService {
+    crun: Crun,
+    sandbox: tokio::sync::Mutex<SandboxState>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    oom_rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
+}
+
+impl AgentService {
+    /// A service using `crun`; starts the OOM watcher.
+    pub fn new(crun: Crun) -> Arc<Self> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let svc = Arc::new(AgentService {
+            crun,
+            sandbox: tokio::sync::Mutex::new(SandboxState::default()),
+            containers: Mutex::new(HashMap::new()),
+            oom_rx: tokio::sync::Mutex::new(rx),
+        });
+        let weak = Arc::downgrade(&svc);
+        tokio::spawn(async move {
+            let mut seen: HashMap<String, u64> = HashMap::new();
+            loop {
+                tokio::time::sleep(OOM_POLL).await;
+                let Some(svc) = weak.upgrade() else { break };
+                let list: Vec<(String, Cgroup)> = svc
+                    .lock_containers()
+                    .values()
+                    .map(|c| (c.id.clone(), c.cgroup.clone()))
+                    .collect();
+                drop(svc);
+                seen.retain(|id, _| list.iter().any(|(i, _)| i == id));
+                for (id, cg) in list {
+                    let Ok(n) = cg.oom_kills() else { continue };
+                    let before = seen.insert(id.clone(), n).unwrap_or(0);
+                    if n > before {
+                        log::info!("container {id}: OOM kill");
+                        if tx.send(id).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        svc
+    }
+
+    fn lock_containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn container(&self, cid: &str) -> Result<Arc<Container>> {
+        spec::check_id("container id", cid)?;
+        self.lock_containers()
+            .get(cid)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound(format!("container {cid}")))
+    }
+
+    fn process(&self, cid: &str, exec_id: &str) -> Result<Arc<Process>> {
+        let c = self.container(cid)?;
+        c.process(exec_id)
+            .ok_or_else(|| ServiceError::NotFound(format!("process {exec_id} in container {cid}")))
+    }
+
+    async fn create_sandbox(&self, req: CreateSandboxRequest) -> Result<()> {
+        let mut sb = self.sandbox.lock().await;
+        if !req.hostname.is_empty() {
+            nix::unistd::sethostname(&req.hostname)
+                .map_err(|e| ServiceError::Invalid(format!("hostname {:?}: {e}", req.hostname)))?;
+        }
+        if !sb.share_mounted {
+            let tag = if req.share_tag.is_empty() {
+                "lazyvm"
+            } else {
+                req.share_tag.as_str()
+            };
+            mount::mount_storage("virtiofs", tag, &[], Path::new(SHARED_DIR))?;
+            sb.share_mounted = true;
+            log::info!("virtio-fs {tag} mounted at {SHARED_DIR}");
+        }
+        sb.created = true;
+        Ok(())
+    }
+
+    async fn destroy_sandbox(&self) -> Result<()> {
+        let ids: Vec<String> = self.lock_containers().keys().cloned().collect();
+        let mut first_err = None;
+        for id in ids {
+            if let Err(e) = self.remove_container(&id, true).await {
+                log::warn!("destroy sandbox: removing {id}: {e}");
+                first_err.get_or_insert(e);
+            }
+        }
+        let mut sb = self.sandbox.lock().await;
+        if sb.share_mounted {
+            mount::umount(Path::new(SHARED_DIR))?;
+            sb.share_mounted = false;
+        }
+        sb.created = false;
+        nix::unistd::sync();
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn create_container(&self, req: CreateContainerRequest) -> Result<u32> {
+        let cid = req.container_id.as_str();
+        spec::check_id("container id", cid)?;
+        if !self.sandbox.lock().await.created {
+            return Err(ServiceError::Precondition(
+                "CreateSandbox must come first".to_owned(),
+            ));
+        }
+        if self.lock_containers().contains_key(cid) {
+            return Err(ServiceError::AlreadyExists(format!("container {cid}")));
+        }
+        let dir = Path::new(CONTAINERS_DIR).join(cid);
+        let rootfs = if req.rootfs.is_empty() {
+            dir.join("rootfs").display().to_string()
+        } else {
+            req.rootfs.clone()
+        };
+        let spec = spec::rewrite_spec(&req.oci_spec, cid, &rootfs)?;
+        for s in &req.storages {
+            mount::check_under(&s.mount_point, &dir)?;
+        }
+        if dir.exists() {
+            return Err(ServiceError::AlreadyExists(format!(
+                "directory {} (a container {cid} was not cleaned up)",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+
+        let mut mounted: Vec<PathBuf> = Vec::new();
+        let result = async {
+            for s in &req.storages {
+                let target = PathBuf::from(&s.mount_point);
+                mount::mount_storage(&s.fstype, &s.source, &s.options, &target)?;
+                mounted.push(target);
+            }
+            if !Path::new(&rootfs).is_dir() {
+                return Err(ServiceError::Invalid(format!(
+                    "rootfs {rootfs} is not a directory"
+                )));
+            }
+            let config = dir.join("config.json");
+            let text = serde_json::to_vec(&spec.json)
+                .map_err(|e| ServiceError::Invalid(format!("encoding the spec: {e}")))?;
+            std::fs::write(&config, text)
+                .map_err(io_err(format!("writing {}", config.display())))?;
+            let (pending, io) = PendingIo::new(spec.terminal)?;
+            match self.crun.create(cid, &dir, io).await {
+                Ok((pid, master)) => Ok(pending.into_process(pid, master, self.crun.reaper())?),
+                Err(e) => {
+                    pending.abandon();
+                    Err(e.into())
+                }
+            }
+        }
+        .await;
+        let init = match result {
+            Ok(p) => p,
+            Err(e) => {
+                for m in mounted.iter().rev() {
+                    let _ = mount::umount(m);
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let pid = init.pid as u32;
+        let container = Arc::new(Container {
+            id: cid.to_owned(),
+            bundle: dir,
+            mounts: mounted,
+            cgroup: Cgroup::new(&spec::cgroup_path(cid)),
+            init,
+            execs: Mutex::new(HashMap::new()),
+            started: Mutex::new(false),
+        });
+        self.lock_containers().insert(cid.to_owned(), container);
+        log::info!("container {cid} created, init pid {pid}");
+        Ok(pid)
+    }
+
+    async fn start_container(&self, cid: &str) -> Result<()> {
+        let c = self.container(cid)?;
+        if *c.started.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(ServiceError::Precondition(format!(
+                "container {cid} is started already"
+            )));
+        }
+        self.crun.start(cid).await?;
+        *c.started.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        Ok(())
+    }
+
+    async fn remove_container(&self, cid: &str, force: bool) -> Result<()> {
+        let c = self.container(cid)?;
+        if c.init.exited().is_none() && !force {
+            return Err(ServiceError::Precondition(format!(
+                "container {cid} is running (use force)"
+            )));
+        }
+        self.crun
+            .delete(cid, force || c.init.exited().is_none())
+            .await?;
+        c.init.discard_output();
+        for p in c.execs.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            p.discard_output();
+        }
+        let mut first_err = None;
+        for m in c.mounts.iter().rev() {
+            if let Err(e) = mount::umount(m) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e.into());
+        }
+        std::fs::remove_dir_all(&c.bundle)
+            .map_err(io_err(format!("removing {}", c.bundle.display())))?;
+        self.lock_containers().remove(cid);
+        log::info!("container {cid} removed");
+        Ok(())
+    }
+
+    async fn exec_process(&self, req: ExecProcessRequest) -> Result<u32> {
+        let c = self.container(&req.container_id)?;
+        spec::check_id("exec id", &req.exec_id)?;
+        if c.process(&req.exec_id).is_some() {
+            return Err(ServiceError::AlreadyExists(format!(
+                "exec {} in container {}",
+                req.exec_id, req.container_id
+            )));
+        }
+        let (process, terminal) = spec::rewrite_process(&req.process)?;
+        let file = self.crun.temp_file("process.json");
+        let text = serde_json::to_vec(&process)
+            .map_err(|e| ServiceError::Invalid(format!("encoding the process: {e}")))?;
+        std::fs::write(&file, text).map_err(io_err(format!("writing {}", file.display())))?;
+        let (pending, io) = PendingIo::new(terminal)?;
+        let res = self.crun.exec(&req.container_id, &file, io).await;
+        let _ = std::fs::remove_file(&file);
+        let (pid, master) = match res {
+            Ok(v) => v,
+            Err(e) => {
+                pending.abandon();
+                return Err(e.into());
+            }
+        };
+        let p = pending.into_process(pid, master, self.crun.reaper())?;
+        c.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(req.exec_id.clone(), p);
+        Ok(pid as u32)
+    }
+
+    fn remove_process(&self, req: &RemoveProcessRequest) -> Result<()> {
+        let c = self.container(&req.container_id)?;
+        spec::check_id("exec id", &req.exec_id)?;
+        let mut execs = c.execs.lock().unwrap_or_else(|p| p.into_inner());
+        let p = execs.get(&req.exec_id).ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "exec {} in container {}",
+                req.exec_id, req.container_id
+            ))
+        })?;
+        if p.exited().is_none() {
+            return Err(ServiceError::Precondition(format!(
+                "exec {} in container {} is running",
+                req.exec_id, req.container_id
+            )));
+        }
+        p.discard_output();
+        execs.remove(&req.exec_id);
+        Ok(())
+    }
+
+    async fn signal_process(&self, req: SignalProcessRequest) -> Result<()> {
+        let c = self.container(&req.container_id)?;
+        let p = c.process(&req.exec_id).ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "process {} in container {}",
+                req.exec_id, req.container_id
+            ))
+        })?;
+        let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
+            .map_err(|_| ServiceError::Invalid(format!("signal {}", req.signal)))?;
+        if req.exec_id.is_empty() && req.all {
+            return Ok(self.crun.kill(&req.container_id, req.signal, true).await?);
+        }
+        if p.exited().is_some() {
+            return Err(ServiceError::NotFound(format!(
+                "process {} in container {} has exited",
+                req.exec_id, req.container_id
+            )));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), sig).map_err(|e| {
+            ServiceError::Io {
+                what: format!("signalling pid {}", p.pid),
+                source: e.into(),
+            }
+        })
+    }
+
+    async fn stats(&self, cid: &str) -> Result<StatsContainerResponse> {
+        let c = self.container(cid)?;
+        let cpu = c.cgroup.cpu()?;
+        let mem = c.cgroup.memory()?;
+        let pids = c.cgroup.pids()?;
+        let mut r = StatsContainerResponse::new();
+        r.cpu = MessageField::some(CpuStats {
+            usage_usec: cpu.usage_usec,
+            user_usec: cpu.user_usec,
+            system_usec: cpu.system_usec,
+            nr_periods: cpu.nr_periods,
+            nr_throttled: cpu.nr_throttled,
+            throttled_usec: cpu.throttled_usec,
+            ..Default::default()
+        });
+        r.memory = MessageField::some(MemoryStats {
+            usage: mem.usage,
+            limit: mem.limit,
+            swap_usage: mem.swap_usage,
+            oom_kills: mem.oom_kills,
+            stat: mem.stat,
+            ..Default::default()
+        });
+        r.pids = MessageField::some(PidsStats {
+            current: pids.current,
+            limit: pids.limit,
+            ..Default::default()
+        });
+        Ok(r)
+    }
+}
+
+/// Adapts the service to the generated ttrpc trait.
+#[derive(Clone)]
+pub struct Handler(pub Arc<AgentService>);
+
+fn uname_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn empty() -> Empty {
+    Empty::new()
+}
+
+fn log_err<T>(rpc: &str, r: Result<T>) -> ttrpc::Result<T> {
+    r.map_err(|e| {
+        log::warn!("{rpc}: {e}");
+        e.into()
+    })
+}
+
+#[async_trait]
+impl Agent for Handler {
+    async fn health(&self, _: &TtrpcContext, _: HealthRequest) -> ttrpc::Result<HealthResponse> {
+        Ok(HealthResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel: uname_release(),
+            ..Default::default()
+        })
+    }
+
+    async fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        r: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        log_err("CreateSandbox", self.0.create_sandbox(r).await).map(|_| empty())
+    }
+
+    async fn destroy_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        log_err("DestroySandbox", self.0.destroy_sandbox().await).map(|_| empty())
+    }
+
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        r: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        let pid = log_err("CreateContainer", self.0.create_container(r).await)?;
+        Ok(CreateContainerResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start_container(
+        &self,
+        _: &TtrpcContext,
+        r: StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        log_err(
+            "StartContainer",
+            self.0.start_container(&r.container_id).await,
+        )
+        .map(|_| empty())
+    }
+
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        r: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        log_err(
+            "RemoveContainer",
+            self.0.remove_container(&r.container_id, r.force).await,
+        )
+        .map(|_| empty())
+    }
+
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        r: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
+        let pid = log_err("ExecProcess", self.0.exec_process(r).await)?;
+        Ok(ExecProcessResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn remove_process(
+        &self,
+        _: &TtrpcContext,
+        r: RemoveProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        log_err("RemoveProcess", self.0.remove_process(&r)).map(|_| empty())
+    }
+
+    async fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        r: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        log_err("SignalProcess", self.0.signal_process(r).await).map(|_| empty())
+    }
+
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        r: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        let p = log_err("WaitProcess", self.0.process(&r.container_id, &r.exec_id))?;
+        let status = p.wait().await.ok_or_else(|| {
+            TtrpcError::from(ServiceError::Precondition(
+                "the agent is shutting down".into(),
+            ))
+        })?;
+        Ok(WaitProcessResponse {
+            exit_status: status.code,
+            exited_at_ns: status.at_ns,
+            ..Default::default()
+        })
+    }
+
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        r: WriteStreamRequest,
+    ) -> ttrpc::Result<WriteStreamResponse> {
+        let p = log_err("WriteStdin", self.0.process(&r.container_id, &r.exec_id))?;
+        let len = log_err(
+            "WriteStdin",
+            p.write_stdin(r.data).await.map_err(Into::into),
+        )?;
+        Ok(WriteStreamResponse {
+            len: len as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn close_stdin(&self, _: &TtrpcContext, r: CloseStdinRequest) -> ttrpc::Result<Empty> {
+        let p = log_err("CloseStdin", self.0.process(&r.container_id, &r.exec_id))?;
+        log_err("CloseStdin", p.close_stdin().map_err(Into::into)).map(|_| empty())
+    }
+
+    async fn read_stdout(
+        &self,
+        _: &TtrpcContext,
+        r: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        let p = log_err("ReadStdout", self.0.process(&r.container_id, &r.exec_id))?;
+        Ok(ReadStreamResponse {
+            data: p.stdout.read(r.max_len as usize).await,
+            ..Default::default()
+        })
+    }
+
+    async fn read_stderr(
+        &self,
+        _: &TtrpcContext,
+        r: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        let p = log_err("ReadStderr", self.0.process(&r.container_id, &r.exec_id))?;
+        Ok(ReadStreamResponse {
+            data: p.stderr.read(r.max_len as usize).await,
+            ..Default::default()
+        })
+    }
+
+    async fn tty_win_resize(
+        &self,
+        _: &TtrpcContext,
+        r: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        let p = log_err("TtyWinResize", self.0.process(&r.container_id, &r.exec_id))?;
+        let rows = u16::try_from(r.rows).unwrap_or(u16::MAX);
+        let cols = u16::try_from(r.cols).unwrap_or(u16::MAX);
+        match p.resize(rows, cols) {
+            Ok(true) => Ok(empty()),
+            Ok(false) => log_err(
+                "TtyWinResize",
+                Err(ServiceError::Precondition(
+                    "the process has no terminal".into(),
+                )),
+            ),
+            Err(e) => log_err("TtyWinResize", Err(io_err("resizing the pty")(e))),
+        }
+    }
+
+    async fn pause_container(&self, _: &TtrpcContext, r: ContainerRequest) -> ttrpc::Result<Empty> {
+        let res = async {
+            self.0.container(&r.container_id)?;
+            Ok(self.0.crun.pause(&r.container_id).await?)
+        };
+        log_err("PauseContainer", res.await).map(|_| empty())
+    }
+
+    async fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        r: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let res = async {
+            self.0.container(&r.container_id)?;
+            Ok(self.0.crun.resume(&r.container_id).await?)
+        };
+        log_err("ResumeContainer", res.await).map(|_| empty())
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        r: ContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        log_err("StatsContainer", self.0.stats(&r.container_id).await)
+    }
+
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        r: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let res = async {
+            self.0.container(&r.container_id)?;
+            let res = spec::parse_resources(&r.resources)?;
+            let file = self.0.crun.temp_file("resources.json");
+            let text = serde_json::to_vec(&res)
+                .map_err(|e| ServiceError::Invalid(format!("encoding resources: {e}")))?;
+            std::fs::write(&file, text).map_err(io_err(format!("writing {}", file.display())))?;
+            let out = self.0.crun.update(&r.container_id, &file).await;
+            let _ = std::fs::remove_file(&file);
+            Ok(out?)
+        };
+        log_err("UpdateContainer", res.await).map(|_| empty())
+    }
+
+    async fn list_pids(
+        &self,
+        _: &TtrpcContext,
+        r: ContainerRequest,
+    ) -> ttrpc::Result<ListPidsResponse> {
+        let res = async {
+            let c = self.0.container(&r.container_id)?;
+            Ok(c.cgroup.procs()?)
+        };
+        let pids = log_err("ListPids", res.await)?;
+        Ok(ListPidsResponse {
+            pids,
+            ..Default::default()
+        })
+    }
+
+    async fn get_oom_event(
+        &self,
+        _: &TtrpcContext,
+        _: GetOOMEventRequest,
+    ) -> ttrpc::Result<OOMEvent> {
+        let mut rx = self.0.oom_rx.lock().await;
+        match rx.recv().await {
+            Some(container_id) => Ok(OOMEvent {
+                container_id,
+                ..Default::default()
+            }),
+            None => log_err(
+                "GetOOMEvent",
+                Err(ServiceError::Precondition("the OOM watcher stopped".into())),
+            ),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Builds lazyvm's guest image into build/guest/ (called by `make guest`):
+#   vmlinux                    the minimal kernel (scripts/build-kernel.sh, cached)
+#   initramfs.cpio.gz          /init = static lazyvm-agent, crun + its libraries, busybox
+#   vmlinux-debian             Debian's kernel, uncompressed (fast PVH boots under TCG)
+#   initramfs-debian.cpio.gz   the same plus the modules Debian's kernel needs
+# Debian's kernel package is fetched with `apt-get download`, unpacked with `dpkg -x`
+# (never installed) and cached in $LAZYVM_CACHE/debian-kernel-<package>-<version>/.
+# Environment: LAZYVM_CACHE (default /var/cache/lazyvm), LAZYVM_GUEST_BUSYBOX=0 to leave
+# busybox out, LAZYVM_GUEST_KERNELS="minimal debian" (either or both).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+out="$repo/build/guest"
+CACHE=${LAZYVM_CACHE:-/var/cache/lazyvm}
+KERNELS=${LAZYVM_GUEST_KERNELS:-minimal debian}
+TARGET=x86_64-unknown-linux-gnu
+CRUN=/usr/bin/crun
+# Modules Debian's kernel needs (their dependencies are added).
+MODULES=(virtio_pci virtio_mmio vsock vmw_vsock_virtio_transport_common
+         vmw_vsock_virtio_transport fuse virtiofs overlay)
+
+size() { echo "$(( ($(stat -c %s "$1") + 1023) / 1024 )) KiB"; }
+die() { echo "build-guest: $*" >&2; exit 1; }
+log() { echo "build-guest: $*"; }
+
+for tool in busybox xz gzip cpio apt-get dpkg; do
+  command -v "$tool" >/dev/null || die "$tool is missing (run make deps)"
+done
+[ -x "$CRUN" ] || die "$CRUN is missing (apt-get install crun, or make deps)"
+mkdir -p "$out" "$CACHE"
+
+# ---- the agent, static (glibc: no musl target here) ----
+log "building lazyvm-agent (static)"
+(cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release --locked -q -p lazyvm-agent --target "$TARGET")
+agent="$repo/target/$TARGET/release/lazyvm-agent"
+file -b "$agent" | grep -qE 'static(-pie)? linked|statically linked' \
+  || die "$agent is not statically linked: $(file -b "$agent")"
+
+# ---- a staging tree shared by both initramfs variants ----
+stage=$(mktemp -d "${TMPDIR:-/tmp}/lazyvm-guest.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+base="$stage/base"
+mkdir -p "$base"/{bin,dev,proc,sys,run,tmp,etc,usr/bin,lib/modules}
+install -m 0755 "$agent" "$base/init"
+strip "$base/init" 2>/dev/null || true
+mknod -m 0600 "$base/dev/console" c 5 1
+mknod -m 0666 "$base/dev/null" c 1 3
+install -m 0755 "$CRUN" "$base/usr/bin/crun"
+# crun's shared libraries, at the paths its loader looks for them.
+ldd "$CRUN" | awk '/=> \//{print $3} /^[ \t]*\/[^ ]+ \(/{print $1}' | while read -r lib; do
+  mkdir -p "$base$(dirname "$lib")"
+  cp -L "$lib" "$base$lib"
+done
+if [ "${LAZYVM_GUEST_BUSYBOX:-1}" != 0 ]; then
+  install -m 0755 "$(command -v busybox)" "$base/bin/busybox"
+  for a in sh ls cat mount umount ps dmesg ip; do ln -sf busybox "$base/bin/$a"; done
+fi
+echo "root:x:0:0:root:/:/bin/sh" >"$base/etc/passwd"
+echo "root:x:0:" >"$base/etc/group"
+
+make_cpio() { # dir out
+  (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | busybox cpio -o -H newc 2>/dev/null) \
+    | gzip -9 >"$2.tmp"
+  mv "$2.tmp" "$2"
+  log "$(basename "$2"): $(size "$2")"
+}
+
+# ---- minimal kernel: everything built in, no modules ----
+if [[ " $KERNELS " == *" minimal "* ]]; then
+  "$here/build-kernel.sh" "$out/vmlinux" | tail -n 1 >/dev/null
+  log "vmlinux: $(size "$out/vmlinux") (minimal kernel)"
+  make_cpio "$base" "$out/initramfs.cpio.gz"
+fi
+
+# ---- Debian's kernel: vmlinux extracted from the bzImage, plus modules ----
+if [[ " $KERNELS " == *" debian "* ]]; then
+  pkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
+        | awk '/Depends: linux-image-6\.1.*-amd64$/{print $2; exit}')
+  [ -n "$pkg" ] || die "cannot find the linux-image-6.1.*-amd64 package (apt-get update?)"
+  version=$(apt-cache show --no-all-versions "$pkg" | awk '/^Version:/{print $2; exit}')
+  kdir="$CACHE/debian-kernel-$pkg-$version"
+  exec 9>"$kdir.lock"
+  flock 9
+  if [ ! -f "$kdir/vmlinux" ]; then
+    log "fetching $pkg $version"
+    work="$kdir.tmp"
+    rm -rf "$work"
+    mkdir -p "$work/dl" "$work/root" "$work/out"
+    chmod 0777 "$work/dl"   # apt-get download runs as _apt where it can
+    (cd "$work/dl" && apt-get download -q "$pkg=$version" >/dev/null 2>&1) \
+      || die "apt-get download $pkg=$version failed"
+    dpkg -x "$work"/dl/*.deb "$work/root"
+    release=$(ls "$work/root/lib/modules")
+    bz="$work/root/boot/vmlinuz-$release"
+    [ -f "$bz" ] || die "no $bz in $pkg"
+    # The bzImage's payload is XZ: find the stream's magic and decompress it.
+    off=$( (LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$bz" || true) | head -n 1 | cut -d: -f1)
+    [ -n "$off" ] || die "no XZ stream in $bz"
+    # (xz stops after the stream: feed it from a file, not a pipe that would get SIGPIPE)
+    tail -c +$((off + 1)) "$bz" >"$work/payload.xz"
+    xz -dc --single-stream <"$work/payload.xz" >"$work/out/vmlinux" \
+      || die "decompressing the kernel in $bz failed"
+    file -b "$work/out/vmlinux" | grep -q '^ELF 64-bit' || die "extracted vmlinux is not an ELF"
+    # The .deb has no modules.dep: make one, then copy the needed modules and their deps.
+    busybox depmod -b "$work/root" "$release"
+    mdir="$work/root/lib/modules/$release"
+    want=()
+    for m in "${MODULES[@]}"; do
+      path=$(find "$mdir/kernel" -name "$m.ko*" | head -n 1)
+      if [ -z "$path" ]; then
+        grep -q "/$m.ko" "$mdir/modules.builtin" || die "module $m is neither built in nor shipped"
+        continue
+      fi
+      rel=${path#"$mdir/"}
+      want+=("$rel")
+      want+=($(awk -v m="$rel" -F': *' '$1 == m {print $2}' "$mdir/modules.dep"))
+    done
+    dest="$work/out/modules/lib/modules/$release"
+    mkdir -p "$dest"
+    printf '%s\n' "${want[@]}" | sort -u | while read -r rel; do
+      [ -n "$rel" ] || continue
+      mkdir -p "$dest/$(dirname "$rel")"
+      cp "$mdir/$rel" "$dest/$rel"
+    done
+    cp "$mdir/modules.builtin" "$dest/" 2>/dev/null || true
+    busybox depmod -b "$work/out/modules" "$release"
+    echo "$release" >"$work/out/release"
+    rm -rf "$kdir"
+    mv "$work/out" "$kdir"
+    rm -rf "$work"
+  fi
+  flock -u 9
+  cp "$kdir/vmlinux" "$out/vmlinux-debian"
+  log "vmlinux-debian: $(size "$out/vmlinux-debian") ($pkg $version)"
+  deb="$stage/debian"
+  cp -a "$base" "$deb"
+  cp -a "$kdir/modules/lib/modules/." "$deb/lib/modules/"
+  make_cpio "$deb" "$out/initramfs-debian.cpio.gz"
+fi
+log "done: $out"

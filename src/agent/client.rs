@@ -1,0 +1,450 @@
+//! A client of the guest agent, over vhost-device-vsock's hybrid vsock socket: connect to
+//! the unix socket, write `CONNECT <port>\n`, read `OK <port>\n`, then speak ttrpc.
+//! Connecting retries while the guest boots; every call has a bounded timeout except the
+//! ones that wait for the guest by design (wait, read, OOM events).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lazyvm_proto::agent::{self as pb};
+use lazyvm_proto::agent_ttrpc::AgentClient as RawClient;
+use lazyvm_proto::ttrpc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// The timeout of ordinary calls.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const RETRY_EVERY: Duration = Duration::from_millis(20);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why talking to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent could not be reached in time.
+    #[error("the guest agent was not reachable through {path:?} within {timeout:?}: {last}")]
+    Connect {
+        /// The hybrid vsock socket.
+        path: PathBuf,
+        /// The connect timeout.
+        timeout: Duration,
+        /// The last attempt's error.
+        last: String,
+    },
+    /// The agent answered with an error.
+    #[error("agent {what}: {message}")]
+    Rpc {
+        /// The call.
+        what: &'static str,
+        /// The ttrpc status code (e.g. `NOT_FOUND`) or the transport error kind.
+        code: String,
+        /// The agent's message.
+        message: String,
+    },
+}
+
+/// How a guest process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// Exit code, or 128 + signal number.
+    pub status: i32,
+    /// Exit time, nanoseconds since the Unix epoch (guest clock).
+    pub exited_at_ns: u64,
+}
+
+/// A connected agent client. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct AgentClient {
+    raw: RawClient,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentClient")
+    }
+}
+
+fn ctx(timeout: Option<Duration>) -> ttrpc::context::Context {
+    match timeout {
+        Some(t) => ttrpc::context::with_timeout(t.as_nanos() as i64),
+        None => ttrpc::context::Context::default(),
+    }
+}
+
+fn rpc_error(what: &'static str) -> impl FnOnce(ttrpc::Error) -> AgentError {
+    move |e| match e {
+        ttrpc::Error::RpcStatus(s) => AgentError::Rpc {
+            what,
+            code: format!("{:?}", s.code()),
+            message: s.message().to_string(),
+        },
+        other => AgentError::Rpc {
+            what,
+            code: "TRANSPORT".into(),
+            message: other.to_string(),
+        },
+    }
+}
+
+async fn handshake(path: &Path, port: u32) -> std::io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(path).await?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await?;
+    // Read the answer byte by byte: what follows the line is ttrpc's.
+    let mut reader = BufReader::with_capacity(1, &mut stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    if line.starts_with("OK ") {
+        Ok(stream)
+    } else if line.is_empty() {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "the guest closed the connection (agent not listening yet)",
+        ))
+    } else {
+        Err(std::io::Error::other(format!(
+            "unexpected handshake answer {:?}",
+            line.trim_end()
+        )))
+    }
+}
+
+impl AgentClient {
+    /// Connects to the agent on vsock `port` through the hybrid vsock socket `path`,
+    /// retrying every 20 ms until `timeout`, and checks it with a health call.
+    pub async fn connect(path: &Path, port: u32, timeout: Duration) -> Result<Self, AgentError> {
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            let attempt = async {
+                let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(path, port))
+                    .await
+                    .map_err(|_| "the handshake timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
+                let client = AgentClient {
+                    raw: RawClient::new(ttrpc::r#async::Client::new(
+                        ttrpc::asynchronous::transport::Socket::new(stream),
+                    )),
+                };
+                client
+                    .health_within(HANDSHAKE_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(client)
+            };
+            match attempt.await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = e,
+            }
+            if Instant::now() >= deadline {
+                return Err(AgentError::Connect {
+                    path: path.to_path_buf(),
+                    timeout,
+                    last,
+                });
+            }
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+
+    async fn health_within(&self, t: Duration) -> Result<pb::HealthResponse, AgentError> {
+        self.raw
+            .health(ctx(Some(t)), &pb::HealthRequest::new())
+            .await
+            .map_err(rpc_error("Health"))
+    }
+
+    /// The agent's version and the guest kernel release.
+    pub async fn health(&self) -> Result<(String, String), AgentError> {
+        let r = self.health_within(CALL_TIMEOUT).await?;
+        Ok((r.version, r.kernel))
+    }
+
+    /// Prepares the sandbox: hostname, virtio-fs share.
+    pub async fn create_sandbox(&self, hostname: &str) -> Result<(), AgentError> {
+        let req = pb::CreateSandboxRequest {
+            hostname: hostname.to_string(),
+            ..Default::default()
+        };
+        self.raw
+            .create_sandbox(ctx(Some(CALL_TIMEOUT)), &req)
+            .await
+            .map_err(rpc_error("CreateSandbox"))?;
+        Ok(())
+    }
+
+    /// Kills and removes every container, unmounts the share.
+    pub async fn destroy_sandbox(&self) -> Result<(), AgentError> {
+        self.raw
+            .destroy_sandbox(ctx(Some(CALL_TIMEOUT)), &pb::DestroySandboxRequest::new())
+            .await
+            .map_err(rpc_error("DestroySandbox"))?;
+        Ok(())
+    }
+
+    /// Mounts `storages` and creates the container from the OCI spec (JSON). Returns the
+    /// guest pid of its init process.
+    pub async fn create_container(
+        &self,
+        id: &str,
+        storages: Vec<pb::Storage>,
+        rootfs: &str,
+        oci_spec: Vec<u8>,
+    ) -> Result<u32, AgentError> {
+        let req = pb::CreateContainerRequest {
+            container_id: id.to_string(),
+            storages,
+            rootfs: rootfs.to_string(),
+            oci_spec,
+            ..Default::default()
+        };
+        let r = self
+            .raw
+            .create_container(ctx(Some(CALL_TIMEOUT)), &req)
+            .await
+            .map_err(rpc_error("CreateContainer"))?;
+        Ok(r.pid)
+    }
+
+    /// Starts the container's init process.
+    pub async fn start_container(&self, id: &str) -> Result<(), AgentError> {
+        let req = pb::StartContainerRequest {
+            container_id: id.to_string(),
+            ..Default::default()
+        };
+        self.raw
+            .start_container(ctx(Some(CALL_TIMEOUT)), &req)
+            .await
+            .map_err(rpc_error("StartContainer"))?;
+        Ok(())
+    }
+
+    /// Deletes the container and unmounts its storages.
+    pub async fn remove_container(&self, id: &str, force: bool) -> Result<(), AgentError> {
+        let req = pb::RemoveContainerRequest {
+            container_id: id.to_string(),
+            force,
+            ..Default::default()
+        };
+        self.raw
+            .remove_container(ctx(Some(CALL_TIMEOUT)), &req)
+            .await
+            .map_err(rpc_error("RemoveContainer"))?;
+        Ok(())
+    }
+
+    /// Starts an extra process (OCI process JSON) in a running container.
+    pub async fn exec_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: Vec<u8>,
+    ) -> Result<u32, AgentError> {
+        let req = pb::ExecProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            process,
+            ..Default::default()
+        };
+        let r = self
+            .raw
+            .exec_process(ctx(Some(CALL_TIMEOUT)), &req)
+            .await
+            .map_err(rpc_error("ExecProcess"))?;
+        Ok(r.pid)
+    }
+
+    /// Sends `signal` to a process (`exec_id` empty: the init process), or with `all` to
+    /// every process of the container.
+    pub async fn signal_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), AgentError> {
+        let req = pb::SignalProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.raw
+            .signal_process(ctx(Some(CALL_TIMEOUT)), &req)
+            .await
+            .map_err(rpc_error("SignalProcess"))?;
+        Ok(())
+    }
+
+    /// Waits (without timeout) until the process exits.
+    pub async fn wait_process(&self, id: &str, exec_id: &str) -> Result<ProcessExit, AgentError> {
+        let req = pb::WaitProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        let r = self
+            .raw
+            .wait_process(ctx(None), &req)
+            .await
+            .map_err(rpc_error("WaitProcess"))?;
+        Ok(ProcessExit {
+            status: r.exit_status,
+            exited_at_ns: r.exited_at_ns,
+        })
+    }
+
+    /// Writes `data` to the process's stdin.
+    pub async fn write_stdin(
+        &self,
+        id: &str,
+        exec_id: &str,
+        data: Vec<u8>,
+    ) -> Result<(), AgentError> {
+        let req = pb::WriteStreamRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            data,
+            ..Default::default()
+        };
+        self.raw
+            .write_stdin(ctx(Some(CALL_TIMEOUT)), &req)
+            .await
+            .map_err(rpc_error("WriteStdin"))?;
+        Ok(())
+    }
+
+    /// Closes the process's stdin.
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), AgentError> {
+        let req = pb::CloseStdinRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.raw
+            .close_stdin(ctx(Some(CALL_TIMEOUT)), &req)
+            .await
+            .map_err(rpc_error("CloseStdin"))?;
+        Ok(())
+    }
+
+    /// The next chunk of the process's stdout (`stderr` false) or stderr; empty at the end.
+    /// Waits without timeout for data.
+    pub async fn read_output(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stderr: bool,
+    ) -> Result<Vec<u8>, AgentError> {
+        let req = pb::ReadStreamRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        let r = if stderr {
+            self.raw
+                .read_stderr(ctx(None), &req)
+                .await
+                .map_err(rpc_error("ReadStderr"))?
+        } else {
+            self.raw
+                .read_stdout(ctx(None), &req)
+                .await
+                .map_err(rpc_error("ReadStdout"))?
+        };
+        Ok(r.data)
+    }
+
+    /// Sets a terminal process's window size.
+    pub async fn resize_tty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<(), AgentError> {
+        let req = pb::TtyWinResizeRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            rows,
+            cols,
+            ..Default::default()
+        };
+        self.raw
+            .tty_win_resize(ctx(Some(CALL_TIMEOUT)), &req)
+            .await
+            .map_err(rpc_error("TtyWinResize"))?;
+        Ok(())
+    }
+
+    /// Freezes the container.
+    pub async fn pause_container(&self, id: &str) -> Result<(), AgentError> {
+        self.raw
+            .pause_container(ctx(Some(CALL_TIMEOUT)), &container_req(id))
+            .await
+            .map_err(rpc_error("PauseContainer"))?;
+        Ok(())
+    }
+
+    /// Thaws the container.
+    pub async fn resume_container(&self, id: &str) -> Result<(), AgentError> {
+        self.raw
+            .resume_container(ctx(Some(CALL_TIMEOUT)), &container_req(id))
+            .await
+            .map_err(rpc_error("ResumeContainer"))?;
+        Ok(())
+    }
+
+    /// The container's cgroup numbers.
+    pub async fn stats_container(
+        &self,
+        id: &str,
+    ) -> Result<pb::StatsContainerResponse, AgentError> {
+        self.raw
+            .stats_container(ctx(Some(CALL_TIMEOUT)), &container_req(id))
+            .await
+            .map_err(rpc_error("StatsContainer"))
+    }
+
+    /// Changes the container's resources (OCI LinuxResources JSON).
+    pub async fn update_container(&self, id: &str, resources: Vec<u8>) -> Result<(), AgentError> {
+        let req = pb::UpdateContainerRequest {
+            container_id: id.to_string(),
+            resources,
+            ..Default::default()
+        };
+        self.raw
+            .update_container(ctx(Some(CALL_TIMEOUT)), &req)
+            .await
+            .map_err(rpc_error("UpdateContainer"))?;
+        Ok(())
+    }
+
+    /// The guest pids of the container's processes.
+    pub async fn list_pids(&self, id: &str) -> Result<Vec<u32>, AgentError> {
+        let r = self
+            .raw
+            .list_pids(ctx(Some(CALL_TIMEOUT)), &container_req(id))
+            .await
+            .map_err(rpc_error("ListPids"))?;
+        Ok(r.pids)
+    }
+
+    /// Waits (without timeout) for the next OOM kill; returns the container's id.
+    pub async fn oom_event(&self) -> Result<String, AgentError> {
+        let r = self
+            .raw
+            .get_oom_event(ctx(None), &pb::GetOOMEventRequest::new())
+            .await
+            .map_err(rpc_error("GetOOMEvent"))?;
+        Ok(r.container_id)
+    }
+}
+
+fn container_req(id: &str) -> pb::ContainerRequest {
+    pb::ContainerRequest {
+        container_id: id.to_string(),
+        ..Default::default()
+    }
+}

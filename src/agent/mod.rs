@@ -1,0 +1,7 @@
+//! The host side of the guest agent protocol (`proto/agent.proto`): a ttrpc client over
+//! hybrid vsock.
+
+pub mod client;
+
+pub use client::{AgentClient, AgentError, ProcessExit};
+pub use lazyvm_proto::agent::Storage;

@@ -1,0 +1,419 @@
+//! QEMU: the command line, start, QMP stop, and an early exit's report.
+//!
+//! The VM gets its memory from a shared memfd (vhost-user devices need it), the virtio-fs
+//! device `vhost-user-fs-pci` (tag `lazyvm`) on nydusd's socket, the vsock device
+//! `vhost-user-vsock-pci` on vhost-device-vsock's socket, its serial console in a file,
+//! and a QMP socket. `-no-reboot` plus `panic=-1` turn a guest panic into a QEMU exit.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::process::{OnExit, ProcessError, Supervised};
+
+/// The virtio-fs tag the guest mounts.
+pub const FS_TAG: &str = "lazyvm";
+const QMP_TIMEOUT: Duration = Duration::from_secs(2);
+const QUIT_WAIT: Duration = Duration::from_secs(5);
+const KILL_GRACE: Duration = Duration::from_secs(1);
+const CONSOLE_TAIL_BYTES: u64 = 4096;
+
+/// How QEMU runs guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualization (real KVM hosts).
+    Kvm,
+    /// Software emulation (works everywhere; what runs on PVM hosts).
+    Tcg,
+}
+
+/// The QEMU machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// `microvm,pit=on,pcie=on`: the fast one; needs `tsc_early_khz` on the kernel command
+    /// line.
+    Microvm,
+    /// `pc`: the fallback.
+    Pc,
+}
+
+/// What VM to run.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// The QEMU binary.
+    pub binary: PathBuf,
+    /// KVM or TCG.
+    pub accel: Accel,
+    /// microvm or pc.
+    pub machine: Machine,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// The guest kernel (an uncompressed `vmlinux` boots fastest under TCG).
+    pub kernel: PathBuf,
+    /// The initramfs holding the agent as `/init`.
+    pub initramfs: PathBuf,
+    /// Extra kernel command line parameters.
+    pub kernel_params: Vec<String>,
+    /// The host TSC in kHz for microvm's `tsc_early_khz=`; `None` reads it from the host.
+    pub tsc_khz: Option<u64>,
+    /// Show the kernel's boot messages on the console (no `quiet`).
+    pub debug: bool,
+}
+
+/// The host files of one VM.
+#[derive(Debug, Clone)]
+pub struct VmFiles {
+    /// nydusd's vhost-user-fs socket.
+    pub vhost_fs: PathBuf,
+    /// vhost-device-vsock's vhost-user socket.
+    pub vhost_vsock: PathBuf,
+    /// The QMP socket QEMU creates.
+    pub qmp: PathBuf,
+    /// The console log file.
+    pub console: PathBuf,
+}
+
+/// Why QEMU could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// The QEMU binary is missing.
+    #[error("QEMU binary {0:?} does not exist (install qemu-system-x86: `make deps`)")]
+    Binary(PathBuf),
+    /// The guest kernel is missing.
+    #[error("guest kernel {0:?} does not exist (build it with `make guest`)")]
+    Kernel(PathBuf),
+    /// The initramfs is missing.
+    #[error("guest initramfs {0:?} does not exist (build it with `make guest`)")]
+    Initramfs(PathBuf),
+    /// microvm needs the TSC frequency and it could not be read.
+    #[error("cannot read the host TSC frequency for microvm's tsc_early_khz: set it in the configuration or use machine = \"pc\"")]
+    TscUnknown,
+    /// Spawning or killing failed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// QEMU exited on its own.
+    #[error("QEMU exited ({status}); its last output:\n{output}\nthe guest console's last lines:\n{console}")]
+    Exited {
+        /// How it exited.
+        status: ExitStatus,
+        /// QEMU's own last output lines.
+        output: String,
+        /// The end of the guest console log.
+        console: String,
+    },
+}
+
+impl QemuConfig {
+    fn validate(&self) -> Result<(), QemuError> {
+        if !self.binary.is_file() {
+            return Err(QemuError::Binary(self.binary.clone()));
+        }
+        if !self.kernel.is_file() {
+            return Err(QemuError::Kernel(self.kernel.clone()));
+        }
+        if !self.initramfs.is_file() {
+            return Err(QemuError::Initramfs(self.initramfs.clone()));
+        }
+        Ok(())
+    }
+
+    /// The kernel command line.
+    pub fn kernel_cmdline(&self, tsc_khz: Option<u64>) -> String {
+        let mut params = vec![
+            "console=ttyS0".to_string(),
+            "reboot=t".into(),
+            "panic=-1".into(),
+            "nomodeset".into(),
+        ];
+        if !self.debug {
+            params.push("quiet".into());
+        }
+        if let Some(khz) = tsc_khz {
+            params.push(format!("tsc_early_khz={khz}"));
+        }
+        params.extend(self.kernel_params.iter().cloned());
+        params.join(" ")
+    }
+
+    /// QEMU's arguments for a VM using `files`.
+    pub fn args(&self, files: &VmFiles, tsc_khz: Option<u64>) -> Vec<OsString> {
+        let mem = self.memory_mib;
+        let machine = match self.machine {
+            Machine::Microvm => "microvm,pit=on,pcie=on,rtc=on,memory-backend=mem",
+            Machine::Pc => "pc,memory-backend=mem",
+        };
+        let (accel, cpu) = match self.accel {
+            Accel::Kvm => ("kvm", "host"),
+            Accel::Tcg => ("tcg,thread=multi", "max"),
+        };
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+        push(&[
+            "-name",
+            "lazyvm",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+        ]);
+        push(&["-no-reboot", "-display", "none"]);
+        push(&["-machine", machine, "-accel", accel, "-cpu", cpu]);
+        push(&["-smp", &self.vcpus.to_string(), "-m", &format!("{mem}M")]);
+        push(&[
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+        ]);
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        push(&[
+            "-kernel",
+            &path(&self.kernel),
+            "-initrd",
+            &path(&self.initramfs),
+        ]);
+        push(&["-append", &self.kernel_cmdline(tsc_khz)]);
+        push(&[
+            "-chardev",
+            &format!("socket,id=fs0,path={}", path(&files.vhost_fs)),
+            "-device",
+            &format!("vhost-user-fs-pci,chardev=fs0,tag={FS_TAG}"),
+        ]);
+        push(&[
+            "-chardev",
+            &format!("socket,id=vsock0,path={}", path(&files.vhost_vsock)),
+            "-device",
+            "vhost-user-vsock-pci,chardev=vsock0",
+        ]);
+        push(&[
+            "-chardev",
+            &format!("file,id=console0,path={}", path(&files.console)),
+            "-serial",
+            "chardev:console0",
+        ]);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", path(&files.qmp)),
+        ]);
+        args
+    }
+}
+
+/// A running QEMU.
+#[derive(Debug)]
+pub struct Qemu {
+    process: Supervised,
+    files: VmFiles,
+}
+
+impl Qemu {
+    /// Starts QEMU. nydusd's and vhost-device-vsock's sockets must be listening.
+    pub async fn start(
+        config: &QemuConfig,
+        files: VmFiles,
+        on_exit: Option<OnExit>,
+    ) -> Result<Self, QemuError> {
+        config.validate()?;
+        let tsc_khz = match config.machine {
+            Machine::Microvm => Some(
+                config
+                    .tsc_khz
+                    .or_else(super::host_tsc_khz)
+                    .ok_or(QemuError::TscUnknown)?,
+            ),
+            Machine::Pc => None,
+        };
+        let args = config.args(&files, tsc_khz);
+        log::info!(
+            "starting QEMU: {} {}",
+            config.binary.display(),
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut cmd = Command::new(&config.binary);
+        cmd.args(&args);
+        let process = Supervised::spawn("qemu", &mut cmd, on_exit)?;
+        Ok(Qemu { process, files })
+    }
+
+    /// QEMU's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The error describing QEMU's exit, if it has exited.
+    pub fn exit_error(&self) -> Option<QemuError> {
+        self.process.exit_status().map(|status| QemuError::Exited {
+            status,
+            output: self.process.output_tail(),
+            console: self.console_tail(),
+        })
+    }
+
+    /// The end of the guest console log.
+    pub fn console_tail(&self) -> String {
+        console_tail(&self.files.console).unwrap_or_default()
+    }
+
+    /// Stops the VM: QMP `quit`, then SIGTERM/SIGKILL if QEMU lingers; waits until it is
+    /// reaped and removes the QMP socket.
+    pub async fn stop(mut self) -> Result<ExitStatus, QemuError> {
+        self.process.set_stopping();
+        if self.process.exit_status().is_none() {
+            match tokio::time::timeout(QMP_TIMEOUT, qmp_quit(&self.files.qmp)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("QMP quit: {e}"),
+                Err(_) => log::warn!("QMP quit timed out after {QMP_TIMEOUT:?}"),
+            }
+        }
+        let status = match self.process.wait_timeout(QUIT_WAIT).await {
+            Some(status) => Ok(status),
+            None => self.process.terminate(KILL_GRACE).await,
+        };
+        match std::fs::remove_file(&self.files.qmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("removing {}: {e}", self.files.qmp.display()),
+        }
+        Ok(status?)
+    }
+}
+
+async fn qmp_quit(sock: &Path) -> io::Result<()> {
+    let qmp = qapi::futures::QmpStreamTokio::open_uds(sock)
+        .await?
+        .negotiate()
+        .await?;
+    let mut qmp = qmp;
+    match qmp.execute(qapi::qmp::quit {}).await {
+        Ok(_) => Ok(()),
+        // QEMU may close the socket as it quits, before answering.
+        Err(qapi::ExecuteError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(()),
+        Err(e) => Err(io::Error::other(e.to_string())),
+    }
+}
+
+/// The last few KiB of a console log.
+pub fn console_tail(path: &Path) -> io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL_BYTES)))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> QemuConfig {
+        QemuConfig {
+            binary: "/usr/bin/qemu-system-x86_64".into(),
+            accel: Accel::Tcg,
+            machine: Machine::Microvm,
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: "/k/vmlinux".into(),
+            initramfs: "/k/initramfs.cpio.gz".into(),
+            kernel_params: vec!["lazyvm.debug=1".into()],
+            tsc_khz: None,
+            debug: false,
+        }
+    }
+
+    fn files() -> VmFiles {
+        VmFiles {
+            vhost_fs: "/run/lazyvm/s/vhost-fs.sock".into(),
+            vhost_vsock: "/run/lazyvm/s/vhost-vsock.sock".into(),
+            qmp: "/run/lazyvm/s/qmp.sock".into(),
+            console: "/run/lazyvm/s/console.log".into(),
+        }
+    }
+
+    fn args(c: &QemuConfig, tsc: Option<u64>) -> Vec<String> {
+        c.args(&files(), tsc)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn microvm_tcg_command_line() {
+        let a = args(&config(), Some(1_996_249));
+        assert_eq!(
+            after(&a, "-machine"),
+            ["microvm,pit=on,pcie=on,rtc=on,memory-backend=mem"]
+        );
+        assert_eq!(after(&a, "-accel"), ["tcg,thread=multi"]);
+        assert_eq!(after(&a, "-smp"), ["2"]);
+        assert_eq!(after(&a, "-m"), ["512M"]);
+        assert_eq!(
+            after(&a, "-object"),
+            ["memory-backend-memfd,id=mem,size=512M,share=on"]
+        );
+        assert_eq!(
+            after(&a, "-device"),
+            [
+                "vhost-user-fs-pci,chardev=fs0,tag=lazyvm",
+                "vhost-user-vsock-pci,chardev=vsock0"
+            ]
+        );
+        assert_eq!(
+            after(&a, "-chardev"),
+            [
+                "socket,id=fs0,path=/run/lazyvm/s/vhost-fs.sock",
+                "socket,id=vsock0,path=/run/lazyvm/s/vhost-vsock.sock",
+                "file,id=console0,path=/run/lazyvm/s/console.log"
+            ]
+        );
+        assert_eq!(
+            after(&a, "-qmp"),
+            ["unix:/run/lazyvm/s/qmp.sock,server=on,wait=off"]
+        );
+        let cmdline = after(&a, "-append")[0];
+        assert!(cmdline.contains("tsc_early_khz=1996249"), "{cmdline}");
+        assert!(cmdline.contains("panic=-1") && cmdline.contains("quiet"));
+        assert!(cmdline.ends_with("lazyvm.debug=1"), "{cmdline}");
+        assert!(a.contains(&"-no-reboot".to_string()));
+    }
+
+    #[test]
+    fn kvm_pc_command_line() {
+        let mut c = config();
+        c.accel = Accel::Kvm;
+        c.machine = Machine::Pc;
+        c.debug = true;
+        let a = args(&c, None);
+        assert_eq!(after(&a, "-machine"), ["pc,memory-backend=mem"]);
+        assert_eq!(after(&a, "-accel"), ["kvm"]);
+        assert_eq!(after(&a, "-cpu"), ["host"]);
+        let cmdline = after(&a, "-append")[0];
+        assert!(!cmdline.contains("tsc_early_khz") && !cmdline.contains("quiet"));
+    }
+
+    #[tokio::test]
+    async fn missing_kernel_and_initramfs_are_named() {
+        let mut c = config();
+        c.binary = "/bin/true".into();
+        let err = Qemu::start(&c, files(), None).await.unwrap_err();
+        assert!(matches!(&err, QemuError::Kernel(p) if p == Path::new("/k/vmlinux")));
+        assert!(err.to_string().contains("/k/vmlinux"));
+        c.kernel = "/bin/true".into();
+        let err = Qemu::start(&c, files(), None).await.unwrap_err();
+        assert!(matches!(err, QemuError::Initramfs(_)), "{err}");
+    }
+}

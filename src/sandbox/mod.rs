@@ -1,0 +1,684 @@
+//! One pod: nydusd (virtio-fs), vhost-device-vsock, QEMU and the agent client, and the
+//! containers in it.
+//!
+//! Start order (DESIGN.md): nydusd → ready → passthrough mount of the shared directory →
+//! vhost-device-vsock → QEMU → agent health → CreateSandbox. Stop order: DestroySandbox →
+//! QEMU quit → vhost-device-vsock → nydusd → unmount → remove the sandbox directory. A
+//! failed step rolls back the ones before it. A helper process dying on its own fails the
+//! sandbox: [`Sandbox::failed`] resolves with the reason.
+
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::agent::{AgentClient, AgentError, Storage};
+use crate::config::Config;
+use crate::hypervisor::qemu::console_tail;
+use crate::hypervisor::{Qemu, QemuError, VhostVsock, VmFiles, VsockError};
+use crate::mounts::{self, MountError};
+use crate::nydusd::{self, DaemonConfig, DaemonError, LogLevel, Mode, MountpointError, Nydusd};
+use crate::process::OnExit;
+use crate::rootfs::ExtraOption;
+
+/// Where sandboxes keep their sockets, logs and shared directories.
+pub const RUN_DIR: &str = "/run/lazyvm";
+/// Where the guest mounts the virtio-fs share.
+pub const GUEST_SHARED: &str = "/run/lazyvm/shared";
+/// Where the guest builds container root filesystems.
+pub const GUEST_CONTAINERS: &str = "/run/lazyvm/containers";
+/// How long the guest may take to boot until its agent answers.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest sandbox directory name that keeps every socket path within `sun_path`.
+const MAX_KEY_LEN: usize = 64;
+
+/// Why a sandbox operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// An id that cannot name a container.
+    #[error(transparent)]
+    ContainerId(#[from] MountpointError),
+    /// The sandbox directory already exists: another sandbox has this id.
+    #[error("sandbox directory {0:?} already exists (is a sandbox with this id running?)")]
+    Exists(PathBuf),
+    /// A container with this id exists already.
+    #[error("container {0:?} already exists in this sandbox")]
+    ContainerExists(String),
+    /// No such container.
+    #[error("container {0:?} does not exist in this sandbox")]
+    NoContainer(String),
+    /// A host directory could not be made.
+    #[error("creating {path:?}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// nydusd failed.
+    #[error("nydusd: {0}")]
+    Nydusd(#[from] DaemonError),
+    /// vhost-device-vsock failed.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    /// QEMU failed.
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+    /// The agent failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// A nydus image's bootstrap file is missing.
+    #[error("the nydus image's bootstrap (extraoption source) {0:?} does not exist")]
+    Bootstrap(PathBuf),
+    /// A nydus snapshot directory is missing.
+    #[error("the nydus snapshot directory (extraoption snapshotdir) {0:?} does not exist")]
+    Snapshotdir(PathBuf),
+    /// nydusd refused the RAFS mount.
+    #[error("mounting the nydus image at {0}: {1}")]
+    RafsMount(String, #[source] nydusd::ClientError),
+    /// The OCI spec could not be encoded.
+    #[error("encoding the OCI spec: {0}")]
+    Spec(String),
+    /// A host mount failed.
+    #[error(transparent)]
+    Mount(#[from] MountError),
+}
+
+/// How long each phase of the sandbox start took.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StartTimings {
+    /// nydusd spawn → `RUNNING` (with the shared directory mounted).
+    pub nydusd_ready: Duration,
+    /// QEMU spawn → the agent answered its health check.
+    pub vm_boot: Duration,
+    /// The whole start, up to CreateSandbox done.
+    pub total: Duration,
+}
+
+/// What a sandbox is made from.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The sandbox id (the pod's, or the only container's).
+    pub id: String,
+    /// The guest hostname.
+    pub hostname: String,
+    /// The runtime configuration.
+    pub config: Config,
+    /// Parent of the sandbox directory (default [`RUN_DIR`]).
+    pub run_dir: PathBuf,
+}
+
+impl SandboxSpec {
+    /// A sandbox `id` with hostname `id` under [`RUN_DIR`].
+    pub fn new(id: &str, config: Config) -> Self {
+        SandboxSpec {
+            id: id.to_string(),
+            hostname: id.chars().take(63).collect(),
+            config,
+            run_dir: PathBuf::from(RUN_DIR),
+        }
+    }
+}
+
+/// A container's root filesystem as the sandbox gets it.
+#[derive(Debug, Clone)]
+pub enum Rootfs {
+    /// A host directory, shared through virtio-fs (binds it into the shared directory).
+    HostDir(PathBuf),
+    /// A nydus image: its RAFS is mounted by nydusd at `/rafs/<cid>/lowerdir`, the
+    /// snapshot directory is shared, and the guest builds the overlay.
+    Nydus {
+        /// The decoded `extraoption`.
+        extra: ExtraOption,
+        /// Files nydusd prefetches after mounting.
+        prefetch_files: Vec<String>,
+    },
+}
+
+/// What creating a container took.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Created {
+    /// The guest pid of the container's init process.
+    pub pid: u32,
+    /// How long nydusd took to mount the RAFS image (nydus rootfs only).
+    pub rafs_mount: Option<Duration>,
+    /// The whole create, mounts included.
+    pub total: Duration,
+}
+
+/// What a container holds on the host, to undo on removal.
+#[derive(Debug)]
+struct Holdings {
+    host_dir: PathBuf,
+    rafs: Option<String>,
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
+    dir: PathBuf,
+    shared: PathBuf,
+    nydusd: Option<Nydusd>,
+    vsock: Option<VhostVsock>,
+    qemu: Option<Qemu>,
+    agent: Option<AgentClient>,
+    containers: BTreeMap<String, Holdings>,
+    failed: watch::Receiver<Option<String>>,
+    timings: StartTimings,
+}
+
+/// The directory name of sandbox `id`: the id itself when it is short and plain, else a
+/// stable hash of it (socket paths must fit `sun_path`).
+pub fn sandbox_key(id: &str) -> String {
+    let plain = !id.is_empty()
+        && id.len() <= MAX_KEY_LEN
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if plain {
+        return id.to_string();
+    }
+    // FNV-1a, 64 bit: stable across builds (the shim's `delete` recomputes it).
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("h{hash:016x}")
+}
+
+/// The sandbox directory of `id` under `run_dir`.
+pub fn sandbox_dir(run_dir: &Path, id: &str) -> PathBuf {
+    run_dir.join(sandbox_key(id))
+}
+
+impl Sandbox {
+    /// Starts the sandbox. On failure everything started is stopped and the sandbox
+    /// directory is removed.
+    pub async fn start(spec: SandboxSpec) -> Result<Sandbox, SandboxError> {
+        let started = Instant::now();
+        let dir = sandbox_dir(&spec.run_dir, &spec.id);
+        std::fs::create_dir_all(&spec.run_dir).map_err(|source| SandboxError::Dir {
+            path: spec.run_dir.clone(),
+            source,
+        })?;
+        if let Err(source) = std::fs::create_dir(&dir) {
+            return Err(if source.kind() == std::io::ErrorKind::AlreadyExists {
+                SandboxError::Exists(dir)
+            } else {
+                SandboxError::Dir { path: dir, source }
+            });
+        }
+        let (fail_tx, failed) = watch::channel(None);
+        let mut sandbox = Sandbox {
+            id: spec.id.clone(),
+            shared: dir.join("shared"),
+            dir,
+            nydusd: None,
+            vsock: None,
+            qemu: None,
+            agent: None,
+            containers: BTreeMap::new(),
+            failed,
+            timings: StartTimings::default(),
+        };
+        match sandbox.boot(&spec, Arc::new(fail_tx)).await {
+            Ok(()) => {
+                sandbox.timings.total = started.elapsed();
+                log::info!(
+                    "sandbox {} ready in {:?} (nydusd {:?}, VM boot to agent {:?})",
+                    sandbox.id,
+                    sandbox.timings.total,
+                    sandbox.timings.nydusd_ready,
+                    sandbox.timings.vm_boot
+                );
+                Ok(sandbox)
+            }
+            Err(e) => {
+                log::warn!("sandbox {} failed to start: {e}", sandbox.id);
+                sandbox.teardown().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot(
+        &mut self,
+        spec: &SandboxSpec,
+        fail_tx: Arc<watch::Sender<Option<String>>>,
+    ) -> Result<(), SandboxError> {
+        let cfg = &spec.config;
+        let console = self.dir.join("console.log");
+        let fail = |what: &'static str| -> OnExit {
+            let tx = fail_tx.clone();
+            let console = console.clone();
+            Box::new(move |status| {
+                let mut reason = format!("{what} exited unexpectedly ({status})");
+                if what == "QEMU" {
+                    reason += &format!(
+                        "; the guest console's last lines:\n{}",
+                        console_tail(&console).unwrap_or_default()
+                    );
+                }
+                let _ = tx.send(Some(reason));
+            })
+        };
+        std::fs::create_dir(&self.shared).map_err(|source| SandboxError::Dir {
+            path: self.shared.clone(),
+            source,
+        })?;
+
+        let mut nydusd_cfg = DaemonConfig::new(
+            &cfg.nydusd.path,
+            self.dir.join("nydusd-api.sock"),
+            Mode::Virtiofs {
+                sock: self.dir.join("vhost-fs.sock"),
+            },
+        );
+        nydusd_cfg.shared_dir = Some(self.shared.clone());
+        nydusd_cfg.extra_args = cfg.nydusd.extra_args.clone();
+        nydusd_cfg.log_level = if cfg.debug {
+            LogLevel::Debug
+        } else {
+            LogLevel::Info
+        };
+        let t = Instant::now();
+        self.nydusd = Some(Nydusd::start(nydusd_cfg, Some(fail("nydusd"))).await?);
+        self.timings.nydusd_ready = t.elapsed();
+        self.record_pids();
+
+        let files = VmFiles {
+            vhost_fs: self.dir.join("vhost-fs.sock"),
+            vhost_vsock: self.dir.join("vhost-vsock.sock"),
+            qmp: self.dir.join("qmp.sock"),
+            console: console.clone(),
+        };
+        let vsock = VhostVsock::start(
+            &cfg.vsock.path,
+            &files.vhost_vsock,
+            &self.dir.join("vsock.sock"),
+            Some(fail("vhost-device-vsock")),
+        )
+        .await?;
+        let uds = vsock.uds_path().to_path_buf();
+        self.vsock = Some(vsock);
+        self.record_pids();
+
+        let t = Instant::now();
+        let qemu = Qemu::start(&cfg.qemu(), files, Some(fail("QEMU"))).await?;
+        self.qemu = Some(qemu);
+        self.record_pids();
+        let agent = self.connect_agent(&uds).await?;
+        self.timings.vm_boot = t.elapsed();
+        agent.create_sandbox(&spec.hostname).await?;
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// Writes the owner's (this process's) and the helpers' pids, with their start times
+    /// so a recycled pid is never taken for ours, to `<dir>/pids`, for a cleanup after the
+    /// owner is gone.
+    fn record_pids(&self) {
+        let owner = std::process::id();
+        let mut lines = format!(
+            "{OWNER} {owner} {}\n",
+            start_time(owner).unwrap_or_default()
+        );
+        for pid in self.pids() {
+            if let Some(started) = start_time(pid) {
+                lines += &format!("helper {pid} {started}\n");
+            }
+        }
+        if let Err(e) = std::fs::write(self.dir.join(PIDS_FILE), lines) {
+            log::warn!("sandbox {}: recording pids: {e}", self.id);
+        }
+    }
+
+    /// Connects to the agent, giving up as soon as QEMU exits.
+    async fn connect_agent(&mut self, uds: &Path) -> Result<AgentClient, SandboxError> {
+        let connect = AgentClient::connect(uds, lazyvm_proto::AGENT_VSOCK_PORT, AGENT_TIMEOUT);
+        tokio::pin!(connect);
+        loop {
+            tokio::select! {
+                r = &mut connect => return Ok(r?),
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if let Some(e) = self.qemu.as_ref().and_then(Qemu::exit_error) {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sandbox id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The sandbox's host directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The start phase timings.
+    pub fn timings(&self) -> StartTimings {
+        self.timings
+    }
+
+    /// The agent client.
+    pub fn agent(&self) -> Option<&AgentClient> {
+        self.agent.as_ref()
+    }
+
+    /// The pids of the helper processes: nydusd, vhost-device-vsock, QEMU.
+    pub fn pids(&self) -> Vec<u32> {
+        [
+            self.nydusd.as_ref().map(Nydusd::pid),
+            self.vsock.as_ref().map(VhostVsock::pid),
+            self.qemu.as_ref().map(Qemu::pid),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// A future that resolves when a helper process dies on its own, with the reason (and
+    /// the end of the guest console when it was QEMU). It does not borrow the sandbox.
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.failed.clone();
+        async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(r) => r.clone().unwrap_or_default(),
+                Err(_) => "the sandbox is gone".to_string(),
+            }
+        }
+    }
+
+    /// Creates container `cid` from `rootfs` and its OCI spec (adapted for the guest: see
+    /// [`spec::adapt`]); returns the guest pid of its init process. On failure nothing of
+    /// it is left.
+    pub async fn create_container(
+        &mut self,
+        cid: &str,
+        rootfs: Rootfs,
+        mut oci_spec: oci_spec::runtime::Spec,
+    ) -> Result<Created, SandboxError> {
+        let started = Instant::now();
+        let rafs = nydusd::mountpoint::rafs_mountpoint(cid)?;
+        if self.containers.contains_key(cid) {
+            return Err(SandboxError::ContainerExists(cid.to_string()));
+        }
+        let mut holdings = Holdings {
+            host_dir: self.shared.join(cid),
+            rafs: None,
+        };
+        let created = self
+            .create_in(cid, &mut holdings, &rafs, rootfs, &mut oci_spec)
+            .await;
+        match created {
+            Ok((pid, rafs_mount)) => {
+                self.containers.insert(cid.to_string(), holdings);
+                let created = Created {
+                    pid,
+                    rafs_mount,
+                    total: started.elapsed(),
+                };
+                log::info!(
+                    "container {cid} created in {:?} (rafs mount {:?})",
+                    created.total,
+                    created.rafs_mount
+                );
+                Ok(created)
+            }
+            Err(e) => {
+                self.release(cid, holdings).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Undoes a container's host side: rafs umount, then its binds and directory.
+    async fn release(&self, cid: &str, holdings: Holdings) {
+        if let (Some(mp), Some(nydusd)) = (&holdings.rafs, &self.nydusd) {
+            if let Err(e) = nydusd.client().umount(mp).await {
+                log::warn!("container {cid}: unmounting {mp}: {e}");
+            }
+        }
+        if let Err(e) = mounts::remove_dir_unmounted(&holdings.host_dir) {
+            log::warn!("container {cid}: {e}");
+        }
+    }
+
+    async fn create_in(
+        &self,
+        cid: &str,
+        holdings: &mut Holdings,
+        rafs: &str,
+        rootfs: Rootfs,
+        oci_spec: &mut oci_spec::runtime::Spec,
+    ) -> Result<(u32, Option<Duration>), SandboxError> {
+        let host_dir = holdings.host_dir.clone();
+        let guest_dir = format!("{GUEST_SHARED}/containers/{cid}");
+        let guest_root = format!("{GUEST_CONTAINERS}/{cid}/rootfs");
+        let mut rafs_mount = None;
+        let storages = match rootfs {
+            Rootfs::HostDir(src) => {
+                mounts::bind(&src, &host_dir.join("rootfs"))?;
+                vec![Storage {
+                    fstype: "bind".into(),
+                    source: format!("{guest_dir}/rootfs"),
+                    mount_point: guest_root.clone(),
+                    options: vec!["rbind".into()],
+                    ..Default::default()
+                }]
+            }
+            Rootfs::Nydus {
+                extra,
+                prefetch_files,
+            } => {
+                if !Path::new(&extra.source).is_file() {
+                    return Err(SandboxError::Bootstrap(PathBuf::from(&extra.source)));
+                }
+                if !extra.snapshotdir.is_dir() {
+                    return Err(SandboxError::Snapshotdir(extra.snapshotdir.clone()));
+                }
+                let nydusd = self
+                    .nydusd
+                    .as_ref()
+                    .ok_or_else(|| SandboxError::NoContainer(cid.to_string()))?;
+                let t = Instant::now();
+                let req = nydusd::MountRequest::rafs(extra.source.clone(), extra.config())
+                    .with_prefetch_files(prefetch_files);
+                nydusd
+                    .client()
+                    .mount(rafs, &req)
+                    .await
+                    .map_err(|e| SandboxError::RafsMount(rafs.to_string(), e))?;
+                holdings.rafs = Some(rafs.to_string());
+                rafs_mount = Some(t.elapsed());
+                let snap = host_dir.join("snapshotdir");
+                mounts::bind(&extra.snapshotdir, &snap)?;
+                mounts::make_slave(&snap)?;
+                vec![Storage {
+                    fstype: "overlay".into(),
+                    source: "overlay".into(),
+                    mount_point: guest_root.clone(),
+                    options: vec![
+                        format!("lowerdir={GUEST_SHARED}{rafs}"),
+                        format!("upperdir={guest_dir}/snapshotdir/fs"),
+                        format!("workdir={guest_dir}/snapshotdir/work"),
+                        "index=off".into(),
+                    ],
+                    ..Default::default()
+                }]
+            }
+        };
+        for bind in spec::adapt(oci_spec, &format!("{guest_dir}/mounts")) {
+            mounts::bind_any(&bind.host, &host_dir.join("mounts").join(&bind.shared_name))?;
+        }
+        let json = serde_json::to_vec(oci_spec).map_err(|e| SandboxError::Spec(e.to_string()))?;
+        let agent = self
+            .agent
+            .as_ref()
+            .ok_or_else(|| SandboxError::NoContainer(cid.to_string()))?;
+        let pid = agent
+            .create_container(cid, storages, &guest_root, json)
+            .await?;
+        Ok((pid, rafs_mount))
+    }
+
+    /// Removes container `cid`: the agent deletes it (killing what still runs), then its
+    /// host mounts and directory go.
+    pub async fn remove_container(&mut self, cid: &str) -> Result<(), SandboxError> {
+        let holdings = self
+            .containers
+            .remove(cid)
+            .ok_or_else(|| SandboxError::NoContainer(cid.to_string()))?;
+        let removed = match &self.agent {
+            Some(agent) => agent.remove_container(cid, true).await,
+            None => Ok(()),
+        };
+        self.release(cid, holdings).await;
+        Ok(removed?)
+    }
+
+    /// Stops the sandbox and removes everything it made on the host.
+    pub async fn stop(mut self) {
+        self.teardown().await;
+    }
+
+    async fn teardown(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            match tokio::time::timeout(DESTROY_TIMEOUT, agent.destroy_sandbox()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("sandbox {}: {e}", self.id),
+                Err(_) => log::warn!("sandbox {}: DestroySandbox timed out", self.id),
+            }
+        }
+        if let Some(qemu) = self.qemu.take() {
+            if let Err(e) = qemu.stop().await {
+                log::warn!("sandbox {}: stopping QEMU: {e}", self.id);
+            }
+        }
+        if let Some(mut vsock) = self.vsock.take() {
+            vsock.stop().await;
+        }
+        if let Some(nydusd) = self.nydusd.take() {
+            if let Err(e) = nydusd.stop().await {
+                log::warn!("sandbox {}: stopping nydusd: {e}", self.id);
+            }
+        }
+        self.containers.clear();
+        if let Err(e) = mounts::remove_dir_unmounted(&self.dir) {
+            log::warn!("sandbox {}: {e}", self.id);
+        }
+    }
+}
+
+const PIDS_FILE: &str = "pids";
+const OWNER: &str = "owner";
+
+/// The recorded (role, pid, start time) entries of sandbox directory `dir` whose process
+/// is still the same process.
+fn recorded_alive(dir: &Path) -> Vec<(String, u32, u64)> {
+    let Ok(text) = std::fs::read_to_string(dir.join(PIDS_FILE)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split(' ');
+            let role = parts.next()?.to_string();
+            let pid = parts.next()?.parse::<u32>().ok()?;
+            let started = parts.next()?.parse::<u64>().ok()?;
+            (start_time(pid) == Some(started)).then_some((role, pid, started))
+        })
+        .collect()
+}
+
+/// Whether the process that owns sandbox directory `dir` (its shim, or `lazyvm run`) is
+/// alive: then it cleans up after itself, and nobody else may.
+pub fn owner_alive(dir: &Path) -> bool {
+    recorded_alive(dir).iter().any(|(role, _, _)| role == OWNER)
+}
+
+/// The start time of process `pid` (field 22 of /proc/<pid>/stat), in clock ticks.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.split(' ').nth(19)?.parse().ok()
+}
+
+/// Kills (SIGKILL) the helper processes recorded in sandbox directory `dir` that are still
+/// the same processes, and waits up to two seconds for them to go. For cleanup when the
+/// owner that started them is gone.
+pub fn kill_recorded(dir: &Path) {
+    let helpers: Vec<(u32, u64)> = recorded_alive(dir)
+        .into_iter()
+        .filter(|(role, _, _)| role != OWNER)
+        .map(|(_, pid, started)| (pid, started))
+        .collect();
+    for (pid, _) in &helpers {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline
+        && helpers
+            .iter()
+            .any(|(pid, started)| start_time(*pid) == Some(*started))
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_pids_are_killed_only_if_unchanged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let started = start_time(pid).unwrap();
+        // A wrong start time stands for a recycled pid: it must be left alone.
+        std::fs::write(
+            tmp.path().join(PIDS_FILE),
+            format!("{pid} {}\n", started + 1),
+        )
+        .unwrap();
+        kill_recorded(tmp.path());
+        assert!(child.try_wait().unwrap().is_none());
+        std::fs::write(tmp.path().join(PIDS_FILE), format!("{pid} {started}\n")).unwrap();
+        kill_recorded(tmp.path());
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9));
+    }
+
+    #[test]
+    fn keys_are_plain_ids_or_stable_hashes() {
+        assert_eq!(sandbox_key("c1"), "c1");
+        let long = "a".repeat(65);
+        let k = sandbox_key(&long);
+        assert_eq!(k, sandbox_key(&long));
+        assert_eq!(k.len(), 17);
+        assert_ne!(sandbox_key("../x"), "../x");
+        assert_ne!(sandbox_key(".."), "..");
+        assert_ne!(sandbox_key(""), "");
+        assert_ne!(sandbox_key("a/b"), sandbox_key("a_b"));
+        let dir = sandbox_dir(Path::new(RUN_DIR), &"f".repeat(64));
+        assert!(dir.join("nydusd-api.sock").as_os_str().len() <= 107);
+    }
+}

@@ -1,0 +1,961 @@
+//! The task service: containerd's task API on top of one [`Sandbox`].
+//!
+//! The first container of a pod boots the sandbox; every call after that goes to the
+//! guest agent through the sandbox. Events go out in containerd's order: TaskCreate,
+//! TaskStart, TaskExecAdded, TaskExecStarted, TaskExit (never before its start event),
+//! TaskDelete, and TaskOOM when the guest reports an OOM kill.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::TtrpcResult;
+use containerd_shim_protos::api;
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::topics::*;
+use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
+use containerd_shim_protos::ttrpc::{Code, Error as TtrpcError, Status};
+use containerd_shim_protos::types::task::Status as TaskStatus;
+use oci_spec::runtime::Spec;
+use tokio::sync::{watch, Mutex};
+
+use super::events::{now, timestamp_ns, Events};
+use super::stdio::{Relays, StdioPaths};
+use crate::agent::AgentClient;
+use crate::config::Config;
+use crate::rootfs::ExtraOption;
+use crate::sandbox::{self, Created, Rootfs, Sandbox, SandboxSpec, StartTimings};
+
+/// How long output may still arrive after a process exits before its exit is published.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+/// The status reported for a process whose VM went away.
+const LOST_STATUS: u32 = 255;
+
+fn status_error(code: Code, message: impl Into<String>) -> TtrpcError {
+    let mut s = Status::new();
+    s.set_code(code);
+    s.set_message(message.into());
+    TtrpcError::RpcStatus(s)
+}
+
+fn not_found(what: &str) -> TtrpcError {
+    status_error(Code::NOT_FOUND, format!("{what} not found"))
+}
+
+fn internal(e: impl std::fmt::Display) -> TtrpcError {
+    status_error(Code::INTERNAL, e.to_string())
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Exit {
+    status: u32,
+    at: Option<u64>,
+}
+
+impl Exit {
+    fn timestamp(&self) -> Timestamp {
+        self.at.map(timestamp_ns).unwrap_or_else(now)
+    }
+}
+
+/// One process: a container's init (exec id "") or an exec.
+#[derive(Debug)]
+struct Proc {
+    pid: u32,
+    status: TaskStatus,
+    stdio: StdioPaths,
+    /// An exec's OCI process (JSON), until it is started.
+    exec_spec: Option<Vec<u8>>,
+    relays: Option<Relays>,
+    exit_tx: watch::Sender<Option<Exit>>,
+}
+
+impl Proc {
+    fn new(stdio: StdioPaths) -> Proc {
+        Proc {
+            pid: 0,
+            status: TaskStatus::CREATED,
+            stdio,
+            exec_spec: None,
+            relays: None,
+            exit_tx: watch::channel(None).0,
+        }
+    }
+
+    fn exit(&self) -> Option<Exit> {
+        *self.exit_tx.borrow()
+    }
+}
+
+#[derive(Debug)]
+struct Container {
+    bundle: PathBuf,
+    /// The rootfs we mounted on the host (`<bundle>/rootfs`), to unmount on delete.
+    host_rootfs: Option<PathBuf>,
+    init: Proc,
+    execs: HashMap<String, Proc>,
+    /// The sandbox's start timings (if this container booted it) and its own create.
+    timings: (Option<StartTimings>, Created),
+}
+
+impl Container {
+    fn process(&self, exec_id: &str) -> TtrpcResult<&Proc> {
+        if exec_id.is_empty() {
+            Ok(&self.init)
+        } else {
+            self.execs
+                .get(exec_id)
+                .ok_or_else(|| not_found(&format!("exec {exec_id}")))
+        }
+    }
+
+    fn process_mut(&mut self, exec_id: &str) -> TtrpcResult<&mut Proc> {
+        if exec_id.is_empty() {
+            Ok(&mut self.init)
+        } else {
+            self.execs
+                .get_mut(exec_id)
+                .ok_or_else(|| not_found(&format!("exec {exec_id}")))
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    sandbox: Option<Sandbox>,
+    containers: HashMap<String, Container>,
+}
+
+/// The task service of one shim.
+#[derive(Clone)]
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    exit: Arc<ExitSignal>,
+    events: Events,
+    state: Mutex<State>,
+}
+
+impl TaskService {
+    /// A task service publishing its events through `publisher`.
+    pub fn new(namespace: &str, exit: Arc<ExitSignal>, publisher: RemotePublisher) -> Self {
+        TaskService {
+            inner: Arc::new(Inner {
+                exit,
+                events: Events::new(namespace, publisher),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    async fn agent(&self) -> TtrpcResult<AgentClient> {
+        let state = self.inner.state.lock().await;
+        state
+            .sandbox
+            .as_ref()
+            .and_then(Sandbox::agent)
+            .cloned()
+            .ok_or_else(|| status_error(Code::FAILED_PRECONDITION, "the sandbox is not running"))
+    }
+
+    /// Boots the pod's sandbox if this is its first container; returns its start
+    /// timings when it did.
+    async fn ensure_sandbox(
+        &self,
+        state: &mut State,
+        spec: &Spec,
+        cid: &str,
+    ) -> TtrpcResult<Option<StartTimings>> {
+        if state.sandbox.is_some() {
+            return Ok(None);
+        }
+        let config = Config::load(None).map_err(internal)?;
+        let sandbox_id = super::sandbox_id_of(Some(spec), cid);
+        let mut sandbox_spec = SandboxSpec::new(&sandbox_id, config);
+        if let Some(h) = spec.hostname() {
+            sandbox_spec.hostname = h.clone();
+        }
+        let sandbox = Sandbox::start(sandbox_spec).await.map_err(internal)?;
+        let agent = sandbox.agent().cloned();
+        let timings = sandbox.timings();
+        state.sandbox = Some(sandbox);
+        if let Some(agent) = agent {
+            self.watch_oom(agent);
+        }
+        Ok(Some(timings))
+    }
+
+    fn watch_oom(&self, agent: AgentClient) {
+        let events = self.inner.events.clone();
+        tokio::spawn(async move {
+            while let Ok(cid) = agent.oom_event().await {
+                events.send(
+                    TASK_OOM_EVENT_TOPIC,
+                    TaskOOM {
+                        container_id: cid,
+                        ..Default::default()
+                    },
+                );
+            }
+        });
+    }
+
+    /// Waits for a started process's exit in the guest, lets its output drain, records
+    /// the exit and publishes TaskExit.
+    fn watch_exit(&self, agent: AgentClient, cid: String, exec_id: String, pid: u32) {
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let exit = match agent.wait_process(&cid, &exec_id).await {
+                Ok(e) => Exit {
+                    status: e.status as u32,
+                    at: Some(e.exited_at_ns),
+                },
+                Err(e) => {
+                    log::warn!("waiting for {cid}/{exec_id}: {e}");
+                    Exit {
+                        status: LOST_STATUS,
+                        at: None,
+                    }
+                }
+            };
+            let relays = {
+                let mut state = svc.inner.state.lock().await;
+                state
+                    .containers
+                    .get_mut(&cid)
+                    .and_then(|c| c.process_mut(&exec_id).ok())
+                    .and_then(|p| p.relays.take())
+            };
+            if let Some(mut relays) = relays {
+                let _ = tokio::time::timeout(OUTPUT_DRAIN, relays.wait_outputs()).await;
+            }
+            let mut state = svc.inner.state.lock().await;
+            if let Some(p) = state
+                .containers
+                .get_mut(&cid)
+                .and_then(|c| c.process_mut(&exec_id).ok())
+            {
+                p.status = TaskStatus::STOPPED;
+                let _ = p.exit_tx.send(Some(exit));
+            }
+            svc.inner.events.send(
+                TASK_EXIT_EVENT_TOPIC,
+                TaskExit {
+                    container_id: cid.clone(),
+                    id: if exec_id.is_empty() { cid } else { exec_id },
+                    pid,
+                    exit_status: exit.status,
+                    exited_at: MessageField::some(exit.timestamp()),
+                    ..Default::default()
+                },
+            );
+        });
+    }
+}
+
+/// The annotation listing files nydusd prefetches for a nydus rootfs: a JSON array of
+/// absolute paths, or the paths separated by commas or newlines.
+pub const PREFETCH_ANNOTATION: &str = "io.lazyvm.nydus.prefetch-files";
+
+/// The prefetch list of the spec's annotation; relative or empty entries are an error.
+pub fn prefetch_files(spec: &Spec) -> TtrpcResult<Vec<String>> {
+    let Some(value) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(PREFETCH_ANNOTATION))
+    else {
+        return Ok(Vec::new());
+    };
+    let files: Vec<String> = match serde_json::from_str::<Vec<String>>(value) {
+        Ok(list) => list,
+        Err(_) => value
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    };
+    if let Some(bad) = files.iter().find(|f| !f.starts_with('/')) {
+        return Err(status_error(
+            Code::INVALID_ARGUMENT,
+            format!("{PREFETCH_ANNOTATION}: {bad:?} is not an absolute path"),
+        ));
+    }
+    Ok(files)
+}
+
+/// The container's rootfs from containerd's mounts: a nydus image is handed to the
+/// sandbox as it is; anything else is mounted on the host at `<bundle>/rootfs` (returned
+/// second, to unmount on delete); no mounts means the bundle's own root directory.
+fn rootfs_of(
+    bundle: &Path,
+    spec: &Spec,
+    mounts: &[containerd_shim_protos::types::mount::Mount],
+) -> TtrpcResult<(Rootfs, Option<PathBuf>)> {
+    if let Some(m) = mounts
+        .iter()
+        .find(|m| m.type_ == crate::rootfs::NYDUS_MOUNT_TYPE)
+    {
+        let extra = ExtraOption::from_mount_options(&m.options)
+            .map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let prefetch_files = prefetch_files(spec)?;
+        return Ok((
+            Rootfs::Nydus {
+                extra,
+                prefetch_files,
+            },
+            None,
+        ));
+    }
+    if mounts.is_empty() {
+        let root = spec.root().as_ref().map(|r| r.path().clone());
+        let root = root.unwrap_or_else(|| PathBuf::from("rootfs"));
+        let dir = if root.is_absolute() {
+            root
+        } else {
+            bundle.join(root)
+        };
+        return Ok((Rootfs::HostDir(dir), None));
+    }
+    let target = bundle.join("rootfs");
+    std::fs::create_dir_all(&target).map_err(internal)?;
+    for m in mounts {
+        if let Err(e) = containerd_shim::mount::mount_rootfs(
+            Some(m.type_.as_str()).filter(|t| !t.is_empty()),
+            Some(m.source.as_str()).filter(|s| !s.is_empty()),
+            &m.options,
+            &target,
+        ) {
+            unmount_rootfs(&target);
+            return Err(internal(format!("mounting the rootfs ({}): {e}", m.type_)));
+        }
+    }
+    Ok((Rootfs::HostDir(target.clone()), Some(target)))
+}
+
+fn unmount_rootfs(target: &Path) {
+    if let Err(e) = crate::mounts::unmount_all_under(target) {
+        log::warn!("unmounting {}: {e}", target.display());
+    }
+}
+
+/// containerd's `delete` action: when the pod's shim is gone, kills the sandbox's helpers
+/// by their recorded pids, unmounts, removes the sandbox directory and unmounts the
+/// bundle's rootfs. While the shim lives (containerd also runs `delete` when it merely
+/// closes its connection for a deleted task), the shim cleans up itself: nothing is done.
+pub fn cleanup_dead_shim(bundle: &Path, sandbox_id: &str) {
+    let dir = sandbox::sandbox_dir(Path::new(sandbox::RUN_DIR), sandbox_id);
+    if sandbox::owner_alive(&dir) {
+        log::info!("delete: the shim of sandbox {sandbox_id} is alive: nothing to clean");
+        return;
+    }
+    if super::exists(&dir) {
+        sandbox::kill_recorded(&dir);
+        if let Err(e) = crate::mounts::remove_dir_unmounted(&dir) {
+            log::warn!("removing {}: {e}", dir.display());
+        }
+    }
+    unmount_rootfs(&bundle.join("rootfs"));
+}
+
+/// One line per container with its start-up phases, for operators and tests:
+/// `lazyvm timings <cid>: vm_boot_ms=… nydusd_ready_ms=… sandbox_ms=… rafs_mount_ms=…
+/// create_ms=… start_ms=…` (the sandbox phases only for the container that booted it).
+fn log_timings(cid: &str, boot: Option<StartTimings>, created: Created, start: Duration) {
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+    let mut line = format!("lazyvm timings {cid}:");
+    if let Some(b) = boot {
+        line += &format!(
+            " vm_boot_ms={} nydusd_ready_ms={} sandbox_ms={}",
+            ms(b.vm_boot),
+            ms(b.nydusd_ready),
+            ms(b.total)
+        );
+    }
+    if let Some(r) = created.rafs_mount {
+        line += &format!(" rafs_mount_ms={}", ms(r));
+    }
+    line += &format!(" create_ms={} start_ms={}", ms(created.total), ms(start));
+    log::info!("{line}");
+}
+
+fn status_name(s: TaskStatus) -> &'static str {
+    match s {
+        TaskStatus::CREATED => "created",
+        TaskStatus::RUNNING => "running",
+        TaskStatus::STOPPED => "stopped",
+        TaskStatus::PAUSED => "paused",
+        _ => "unknown",
+    }
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let cid = req.id.clone();
+        let bundle = PathBuf::from(&req.bundle);
+        log::info!("create {cid} (bundle {})", bundle.display());
+        let mut state = self.inner.state.lock().await;
+        if state.containers.contains_key(&cid) {
+            return Err(status_error(
+                Code::ALREADY_EXISTS,
+                format!("container {cid} already exists"),
+            ));
+        }
+        let spec = Spec::load(bundle.join("config.json"))
+            .map_err(|e| internal(format!("reading the bundle's config.json: {e}")))?;
+        let booted = self.ensure_sandbox(&mut state, &spec, &cid).await?;
+
+        let (rootfs, host_rootfs) = rootfs_of(&bundle, &spec, &req.rootfs)?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let sandbox = state
+            .sandbox
+            .as_mut()
+            .ok_or_else(|| internal("the sandbox is gone"))?;
+        let created = sandbox.create_container(&cid, rootfs, spec).await;
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                if let Some(p) = &host_rootfs {
+                    unmount_rootfs(p);
+                }
+                return Err(internal(e));
+            }
+        };
+        let agent = sandbox
+            .agent()
+            .cloned()
+            .ok_or_else(|| internal("no agent"))?;
+        let relays = match Relays::start(&agent, &cid, "", &stdio).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = sandbox.remove_container(&cid).await;
+                if let Some(p) = &host_rootfs {
+                    unmount_rootfs(p);
+                }
+                return Err(internal(format!("opening the stdio fifos: {e}")));
+            }
+        };
+        let pid = created.pid;
+        let mut init = Proc::new(stdio.clone());
+        init.pid = pid;
+        init.relays = Some(relays);
+        state.containers.insert(
+            cid.clone(),
+            Container {
+                bundle: bundle.clone(),
+                host_rootfs,
+                init,
+                execs: HashMap::new(),
+                timings: (booted, created),
+            },
+        );
+        self.inner.events.send(
+            TASK_CREATE_EVENT_TOPIC,
+            TaskCreate {
+                container_id: cid.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: stdio.stdin,
+                    stdout: stdio.stdout,
+                    stderr: stdio.stderr,
+                    terminal: stdio.terminal,
+                    ..Default::default()
+                }),
+                checkpoint: req.checkpoint.clone(),
+                pid,
+                ..Default::default()
+            },
+        );
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        let agent = self.agent().await?;
+        let mut state = self.inner.state.lock().await;
+        let c = state
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+        let (boot, created) = c.timings;
+        let p = c.process_mut(&req.exec_id)?;
+        if p.status != TaskStatus::CREATED {
+            return Err(status_error(
+                Code::FAILED_PRECONDITION,
+                format!("process is {}, not created", status_name(p.status)),
+            ));
+        }
+        if req.exec_id.is_empty() {
+            let t = std::time::Instant::now();
+            agent.start_container(&req.id).await.map_err(internal)?;
+            log_timings(&req.id, boot, created, t.elapsed());
+            p.status = TaskStatus::RUNNING;
+            self.inner.events.send(
+                TASK_START_EVENT_TOPIC,
+                TaskStart {
+                    container_id: req.id.clone(),
+                    pid: p.pid,
+                    ..Default::default()
+                },
+            );
+        } else {
+            let process = p.exec_spec.take().unwrap_or_default();
+            let pid = agent
+                .exec_process(&req.id, &req.exec_id, process)
+                .await
+                .map_err(internal)?;
+            p.pid = pid;
+            p.status = TaskStatus::RUNNING;
+            match Relays::start(&agent, &req.id, &req.exec_id, &p.stdio).await {
+                Ok(r) => p.relays = Some(r),
+                Err(e) => log::warn!("stdio of exec {}: {e}", req.exec_id),
+            }
+            self.inner.events.send(
+                TASK_EXEC_STARTED_EVENT_TOPIC,
+                TaskExecStarted {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid,
+                    ..Default::default()
+                },
+            );
+        }
+        let pid = p.pid;
+        self.watch_exit(agent, req.id.clone(), req.exec_id.clone(), pid);
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        let mut state = self.inner.state.lock().await;
+        let c = state
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+        if !req.exec_id.is_empty() {
+            let p = c.process(&req.exec_id)?;
+            if p.status == TaskStatus::RUNNING {
+                return Err(status_error(
+                    Code::FAILED_PRECONDITION,
+                    format!("exec {} is still running", req.exec_id),
+                ));
+            }
+            let exit = p.exit().unwrap_or_default();
+            let pid = p.pid;
+            c.execs.remove(&req.exec_id);
+            return Ok(api::DeleteResponse {
+                pid,
+                exit_status: exit.status,
+                exited_at: MessageField::some(exit.timestamp()),
+                ..Default::default()
+            });
+        }
+        if c.init.status == TaskStatus::RUNNING || c.init.status == TaskStatus::PAUSED {
+            return Err(status_error(
+                Code::FAILED_PRECONDITION,
+                format!("container {} is still running: kill it first", req.id),
+            ));
+        }
+        let c = state
+            .containers
+            .remove(&req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        if let Some(sandbox) = state.sandbox.as_mut() {
+            if let Err(e) = sandbox.remove_container(&req.id).await {
+                log::warn!("removing {} from the sandbox: {e}", req.id);
+            }
+        }
+        if let Some(p) = &c.host_rootfs {
+            unmount_rootfs(p);
+        }
+        let exit = c.init.exit().unwrap_or_default();
+        self.inner.events.send(
+            TASK_DELETE_EVENT_TOPIC,
+            TaskDelete {
+                container_id: req.id.clone(),
+                pid: c.init.pid,
+                exit_status: exit.status,
+                exited_at: MessageField::some(exit.timestamp()),
+                id: req.id.clone(),
+                ..Default::default()
+            },
+        );
+        log::info!("deleted {} (bundle {})", req.id, c.bundle.display());
+        Ok(api::DeleteResponse {
+            pid: c.init.pid,
+            exit_status: exit.status,
+            exited_at: MessageField::some(exit.timestamp()),
+            ..Default::default()
+        })
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let state = self.inner.state.lock().await;
+        let c = state
+            .containers
+            .get(&req.id)
+            .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+        let p = c.process(&req.exec_id)?;
+        let exit = p.exit();
+        Ok(api::StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.to_string_lossy().into_owned(),
+            pid: p.pid,
+            status: p.status.into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status: exit.map(|e| e.status).unwrap_or_default(),
+            exited_at: match exit {
+                Some(e) => MessageField::some(e.timestamp()),
+                None => MessageField::none(),
+            },
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        let agent = self.agent().await?;
+        let pids = agent.list_pids(&req.id).await.map_err(internal)?;
+        Ok(api::PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| containerd_shim_protos::types::task::ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let agent = self.agent().await?;
+        agent.pause_container(&req.id).await.map_err(internal)?;
+        let mut state = self.inner.state.lock().await;
+        if let Some(c) = state.containers.get_mut(&req.id) {
+            c.init.status = TaskStatus::PAUSED;
+        }
+        self.inner.events.send(
+            TASK_PAUSED_EVENT_TOPIC,
+            TaskPaused {
+                container_id: req.id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(api::Empty::new())
+    }
+
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let agent = self.agent().await?;
+        agent.resume_container(&req.id).await.map_err(internal)?;
+        let mut state = self.inner.state.lock().await;
+        if let Some(c) = state.containers.get_mut(&req.id) {
+            if c.init.status == TaskStatus::PAUSED {
+                c.init.status = TaskStatus::RUNNING;
+            }
+        }
+        self.inner.events.send(
+            TASK_RESUMED_EVENT_TOPIC,
+            TaskResumed {
+                container_id: req.id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(api::Empty::new())
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(status_error(
+            Code::UNIMPLEMENTED,
+            "checkpoint is not supported by lazyvm",
+        ))
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let agent = self.agent().await?;
+        {
+            let state = self.inner.state.lock().await;
+            let c = state
+                .containers
+                .get(&req.id)
+                .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+            let p = c.process(&req.exec_id)?;
+            if p.status == TaskStatus::STOPPED {
+                return Err(not_found("process (already finished)"));
+            }
+        }
+        agent
+            .signal_process(&req.id, &req.exec_id, req.signal, req.all)
+            .await
+            .map_err(internal)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let mut state = self.inner.state.lock().await;
+        let c = state
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+        if c.execs.contains_key(&req.exec_id) {
+            return Err(status_error(
+                Code::ALREADY_EXISTS,
+                format!("exec {} already exists", req.exec_id),
+            ));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|any| any.value.clone())
+            .ok_or_else(|| status_error(Code::INVALID_ARGUMENT, "exec has no process spec"))?;
+        let mut p = Proc::new(StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        });
+        p.exec_spec = Some(spec);
+        c.execs.insert(req.exec_id.clone(), p);
+        self.inner.events.send(
+            TASK_EXEC_ADDED_EVENT_TOPIC,
+            TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(api::Empty::new())
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let agent = self.agent().await?;
+        agent
+            .resize_tty(&req.id, &req.exec_id, req.height, req.width)
+            .await
+            .map_err(internal)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
+        let state = self.inner.state.lock().await;
+        let c = state
+            .containers
+            .get(&req.id)
+            .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+        let p = c.process(&req.exec_id)?;
+        if req.stdin {
+            if let Some(r) = &p.relays {
+                r.close_stdin();
+            }
+        }
+        Ok(api::Empty::new())
+    }
+
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let agent = self.agent().await?;
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|any| any.value.clone())
+            .ok_or_else(|| status_error(Code::INVALID_ARGUMENT, "update has no resources"))?;
+        agent
+            .update_container(&req.id, resources)
+            .await
+            .map_err(internal)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        let mut rx = {
+            let state = self.inner.state.lock().await;
+            let c = state
+                .containers
+                .get(&req.id)
+                .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+            c.process(&req.exec_id)?.exit_tx.subscribe()
+        };
+        let exit = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|e| e.unwrap_or_default())
+            .unwrap_or(Exit {
+                status: LOST_STATUS,
+                at: None,
+            });
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: MessageField::some(exit.timestamp()),
+            ..Default::default()
+        })
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        use containerd_shim_protos::cgroups_v2::metrics as m;
+        let agent = self.agent().await?;
+        let s = agent.stats_container(&req.id).await.map_err(internal)?;
+        let mut metrics = m::Metrics::new();
+        if let Some(cpu) = s.cpu.as_ref() {
+            metrics.cpu = MessageField::some(m::CPUStat {
+                usage_usec: cpu.usage_usec,
+                user_usec: cpu.user_usec,
+                system_usec: cpu.system_usec,
+                nr_periods: cpu.nr_periods,
+                nr_throttled: cpu.nr_throttled,
+                throttled_usec: cpu.throttled_usec,
+                ..Default::default()
+            });
+        }
+        if let Some(mem) = s.memory.as_ref() {
+            let stat = |k: &str| mem.stat.get(k).copied().unwrap_or_default();
+            metrics.memory = MessageField::some(m::MemoryStat {
+                usage: mem.usage,
+                usage_limit: mem.limit,
+                swap_usage: mem.swap_usage,
+                anon: stat("anon"),
+                file: stat("file"),
+                kernel_stack: stat("kernel_stack"),
+                slab: stat("slab"),
+                sock: stat("sock"),
+                shmem: stat("shmem"),
+                file_mapped: stat("file_mapped"),
+                file_dirty: stat("file_dirty"),
+                pgfault: stat("pgfault"),
+                pgmajfault: stat("pgmajfault"),
+                ..Default::default()
+            });
+            metrics.memory_events = MessageField::some(m::MemoryEvents {
+                oom_kill: mem.oom_kills,
+                ..Default::default()
+            });
+        }
+        if let Some(pids) = s.pids.as_ref() {
+            metrics.pids = MessageField::some(m::PidsStat {
+                current: pids.current,
+                limit: pids.limit,
+                ..Default::default()
+            });
+        }
+        let mut any = Any::new();
+        any.type_url = "io.containerd.cgroups.v2.Metrics".to_string();
+        any.value = metrics.write_to_bytes().map_err(internal)?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let state = self.inner.state.lock().await;
+        let task_pid = state
+            .containers
+            .get(&req.id)
+            .map(|c| c.init.pid)
+            .unwrap_or_default();
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let mut state = self.inner.state.lock().await;
+        if !state.containers.is_empty() {
+            // containerd 1.6 calls Shutdown after every Delete: the pod still has containers.
+            return Ok(api::Empty::new());
+        }
+        if let Some(sandbox) = state.sandbox.take() {
+            sandbox.stop().await;
+        }
+        self.inner.exit.signal();
+        Ok(api::Empty::new())
+    }
+}

@@ -1,0 +1,324 @@
+//! The shim through a private containerd (Debian's 1.6): `ctr run --runtime
+//! io.containerd.lazyvm.v2` with a busybox image built here and imported with `ctr`.
+//! Needs root and the guest image (`make guest`).
+
+mod common;
+#[path = "common/containerd.rs"]
+mod containerd;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::*;
+use containerd::Containerd;
+
+const RUNTIME: &str = "io.containerd.lazyvm.v2";
+const IMAGE: &str = "docker.io/library/lazyvm-busybox:test";
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    containerd: Containerd,
+}
+
+fn setup() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("lazyvm.toml");
+    write_config(&config, &guest_dir());
+    let containerd = Containerd::start(tmp.path(), &config);
+    let archive = tmp.path().join("image.tar");
+    oci_image_archive(&busybox_rootfs(tmp.path()), IMAGE, &archive);
+    let out = containerd.ctr(&["images", "import", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "import: {}", text(&out.stderr));
+    Env {
+        _tmp: tmp,
+        containerd,
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn id(name: &str) -> String {
+    format!("{}{name}", test_prefix())
+}
+
+impl Env {
+    fn ctr(&self, args: &[&str]) -> Output {
+        let out = self.containerd.ctr(args);
+        eprintln!(
+            "ctr {args:?}: {:?}\n  stdout: {}\n  stderr: {}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+
+    fn run(&self, name: &str, cmd: &[&str]) -> Output {
+        let cid = id(name);
+        let mut args = vec!["run", "--rm", "--runtime", RUNTIME, IMAGE, &cid];
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+}
+
+fn assert_sandbox_gone(cid: &str) {
+    let dir = lazyvm::sandbox::sandbox_dir(Path::new(lazyvm::sandbox::RUN_DIR), cid);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(
+        processes_mentioning(&dir).is_empty(),
+        "processes left for {cid}"
+    );
+}
+
+#[test]
+fn ctr_run_exec_kill_pause_metrics() {
+    let env = setup();
+    let out = env.run("c1", &["echo", "hello"]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), "hello\n");
+    assert_sandbox_gone(&id("c1"));
+
+    let out = env.run("c2", &["sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_sandbox_gone(&id("c2"));
+
+    let c3 = id("c3");
+    let out = env.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        &c3,
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success());
+    let ls = text(&env.ctr(&["task", "ls"]).stdout);
+    assert!(
+        ls.lines().any(|l| l.contains(&c3) && l.contains("RUNNING")),
+        "{ls}"
+    );
+
+    let out = env.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &c3,
+        "sh",
+        "-c",
+        "echo from-exec; exit 4",
+    ]);
+    assert_eq!(text(&out.stdout), "from-exec\n");
+    assert_eq!(out.status.code(), Some(4));
+
+    assert!(env.ctr(&["task", "pause", &c3]).status.success());
+    let ls = text(&env.ctr(&["task", "ls"]).stdout);
+    assert!(
+        ls.lines().any(|l| l.contains(&c3) && l.contains("PAUSED")),
+        "{ls}"
+    );
+    assert!(env.ctr(&["task", "resume", &c3]).status.success());
+    let ls = text(&env.ctr(&["task", "ls"]).stdout);
+    assert!(
+        ls.lines().any(|l| l.contains(&c3) && l.contains("RUNNING")),
+        "{ls}"
+    );
+
+    let out = env.ctr(&["task", "metrics", &c3]);
+    assert!(out.status.success());
+    let metrics = text(&out.stdout);
+    assert!(
+        metrics.contains("memory") || metrics.contains("pids"),
+        "{metrics}"
+    );
+
+    assert!(env
+        .ctr(&["task", "kill", "-s", "SIGKILL", &c3])
+        .status
+        .success());
+    let mut stopped = false;
+    for _ in 0..100 {
+        let ls = text(&env.ctr(&["task", "ls"]).stdout);
+        if ls.lines().any(|l| l.contains(&c3) && l.contains("STOPPED")) {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(stopped, "c3 did not stop after SIGKILL");
+    assert!(env.ctr(&["task", "delete", &c3]).status.success());
+    assert!(env.ctr(&["container", "delete", &c3]).status.success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_sandbox_gone(&c3);
+}
+
+/// The topics of the events about `cid` that `ctr events` printed.
+fn topics_for(events: &str, cid: &str) -> Vec<String> {
+    events
+        .lines()
+        .filter(|l| l.contains(cid))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("/tasks/"))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn events_come_in_order() {
+    let env = setup();
+    let events = env
+        .containerd
+        .ctr_command(&["events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let cid = id("ev");
+    assert!(env
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            &cid,
+            "sleep",
+            "1000"
+        ])
+        .status
+        .success());
+    let out = env.ctr(&["task", "exec", "--exec-id", "e1", &cid, "true"]);
+    assert!(out.status.success());
+    assert!(env
+        .ctr(&["task", "kill", "-s", "SIGKILL", &cid])
+        .status
+        .success());
+    for _ in 0..100 {
+        if text(&env.ctr(&["task", "ls"]).stdout).contains("STOPPED") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(env.ctr(&["task", "delete", &cid]).status.success());
+    assert!(env.ctr(&["container", "delete", &cid]).status.success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(events.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = events.wait_with_output().unwrap();
+    let printed = text(&out.stdout);
+    eprintln!("{printed}");
+    assert_eq!(
+        topics_for(&printed, &cid),
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+            "/tasks/exit",
+            "/tasks/delete"
+        ]
+    );
+    assert_sandbox_gone(&cid);
+}
+
+#[test]
+fn twenty_run_delete_cycles_leave_nothing() {
+    let env = setup();
+    for i in 0..20 {
+        let out = env.run(&format!("cy{i}"), &["echo", "cycle"]);
+        assert!(out.status.success(), "cycle {i}");
+        assert_eq!(text(&out.stdout), "cycle\n");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let leftovers: Vec<_> = std::fs::read_dir(lazyvm::sandbox::RUN_DIR)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&test_prefix()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "left under /run/lazyvm: {leftovers:?}"
+    );
+    assert!(
+        processes_mentioning(&env.containerd.socket)
+            .iter()
+            .all(|p| std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .map(|c| c.trim() == "containerd")
+                .unwrap_or(true)),
+        "a shim is left"
+    );
+    for comm in ["qemu-system-x86", "nydusd", "vhost-device-vs"] {
+        let ours: Vec<u32> = processes_mentioning(Path::new(&format!(
+            "{}/{}",
+            lazyvm::sandbox::RUN_DIR,
+            test_prefix()
+        )))
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect();
+        assert!(ours.is_empty(), "{comm} left: {ours:?}");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&format!("/run/lazyvm/{}", test_prefix())));
+}
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_containerd() {
+    let env = setup();
+    let cid = id("sk");
+    assert!(env
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            &cid,
+            "sleep",
+            "1000"
+        ])
+        .status
+        .success());
+    let dir = lazyvm::sandbox::sandbox_dir(Path::new(lazyvm::sandbox::RUN_DIR), &cid);
+    assert!(dir.exists());
+    let shims: Vec<u32> = processes_mentioning(&env.containerd.socket)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("containerd-shim-lazyvm-v2"))
+        })
+        .collect();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = env.ctr(&["task", "delete", "--force", &cid]);
+    let _ = env.ctr(&["container", "delete", &cid]);
+    for _ in 0..50 {
+        if !dir.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_sandbox_gone(&cid);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&cid), "a mount of {cid} is left");
+}
