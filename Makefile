@@ -5,7 +5,7 @@ PREFIX ?= /usr/local
 SHARE ?= $(PREFIX)/share/lazyvm
 ETC ?= /etc/lazyvm
 
-.PHONY: all deps build guest install test unit-test demo lint clean
+.PHONY: all deps build guest install test unit-test demo bench lint clean
 
 all: build
 
@@ -34,7 +34,7 @@ install: build guest
 ## Everything CI runs: deps, the guest image, lint, unit and integration tests against the
 ## real components (nydusd, QEMU under TCG, containerd).
 test: deps guest lint
-	$(CARGO) test --all-targets -- --test-threads=1
+	LAZYVM_REQUIRE_GUEST=1 $(CARGO) test --workspace --lib --bins --tests --examples -- --test-threads=1
 
 ## Unit tests only (no root, no real components).
 unit-test:
@@ -44,9 +44,16 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## The main job: a RAFS image built with nydus-image, mounted and read through nydusd.
-demo: deps
-	$(CARGO) run --release --example rafs-demo
+## The main job: a container in a lazyvm micro-VM from a nydus image, on a private
+## containerd; prints its output, the start-up phase timings and the bytes nydusd read.
+demo: deps guest
+	$(CARGO) build --release --bins
+	$(CARGO) run --release --example demo
+
+## Benchmarks, each against a baseline in the same run: boot (minimal vs Debian guest
+## kernel) and ctr (ctr run with lazyvm vs runc).
+bench: deps guest
+	$(CARGO) bench --bench boot --bench ctr
 
 clean:
 	$(CARGO) clean

@@ -81,17 +81,6 @@ pub enum AccelSetting {
     Tcg,
 }
 
-/// `machine` in the configuration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MachineSetting {
-    /// `-M microvm,pit=on,pcie=on`.
-    #[default]
-    Microvm,
-    /// `-M pc`.
-    Pc,
-}
-
 /// The `[hypervisor]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -101,7 +90,7 @@ pub struct HypervisorConfig {
     /// auto, kvm or tcg.
     pub accel: AccelSetting,
     /// microvm or pc.
-    pub machine: MachineSetting,
+    pub machine: Machine,
     /// vCPUs per VM.
     pub vcpus: u32,
     /// Memory per VM, MiB.
@@ -121,7 +110,7 @@ impl Default for HypervisorConfig {
         HypervisorConfig {
             qemu: "/usr/bin/qemu-system-x86_64".into(),
             accel: AccelSetting::Auto,
-            machine: MachineSetting::Microvm,
+            machine: Machine::Microvm,
             vcpus: 1,
             memory_mib: 512,
             kernel: Path::new(SHARE_DIR).join("vmlinux"),
@@ -205,10 +194,7 @@ impl Config {
                 AccelSetting::Auto if kvm_usable() => Accel::Kvm,
                 AccelSetting::Auto => Accel::Tcg,
             },
-            machine: match h.machine {
-                MachineSetting::Microvm => Machine::Microvm,
-                MachineSetting::Pc => Machine::Pc,
-            },
+            machine: h.machine,
             vcpus: h.vcpus.max(1),
             memory_mib: h.memory_mib.max(128),
             kernel: h.kernel.clone(),
@@ -262,7 +248,7 @@ mod tests {
         assert!(!c.debug);
         assert_eq!(c.hypervisor.vcpus, 1);
         assert_eq!(c.hypervisor.memory_mib, 512);
-        assert_eq!(c.hypervisor.machine, MachineSetting::Microvm);
+        assert_eq!(c.hypervisor.machine, Machine::Microvm);
         assert_eq!(c.hypervisor.accel, AccelSetting::Auto);
         assert_eq!(c.nydusd.path, PathBuf::from("/usr/local/bin/nydusd"));
         assert_eq!(

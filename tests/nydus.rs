@@ -9,89 +9,28 @@ mod containerd;
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use common::*;
-use containerd::Containerd;
-use containerd_client::services::v1::container::Runtime;
-use containerd_client::services::v1::containers_client::ContainersClient;
-use containerd_client::services::v1::tasks_client::TasksClient;
-use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetRequest, KillRequest, StartRequest, WaitRequest,
-};
+use containerd::*;
 use containerd_client::types::Mount;
-use containerd_client::with_namespace;
 use lazyvm::nydusd::NydusClient;
-use tonic::transport::Channel;
-use tonic::Request;
 
-const NS: &str = "lazyvm-test";
-const RUNTIME: &str = "io.containerd.lazyvm.v2";
+fn shim_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_containerd-shim-lazyvm-v2"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
 
 struct Pod {
     tmp: tempfile::TempDir,
     containerd: Containerd,
-    channel: Channel,
-    /// The pod's id: its first container's.
-    id: String,
+    api: PodClient,
 }
 
-/// A snapshot directory as the nydus snapshotter makes one: `fs` (upper) and `work`.
-fn snapshotdir(base: &Path, name: &str) -> PathBuf {
-    let dir = base.join("snapshots").join(name);
-    std::fs::create_dir_all(dir.join("fs")).unwrap();
-    std::fs::create_dir_all(dir.join("work")).unwrap();
-    dir
-}
-
-fn extraoption(json: &serde_json::Value) -> String {
-    format!(
-        "extraoption={}",
-        base64::engine::general_purpose::STANDARD.encode(json.to_string())
-    )
-}
-
-fn nydus_mount(image: &RafsImage, snapshotdir: &Path) -> Mount {
-    let extra = serde_json::json!({
-        "source": image.bootstrap,
-        "config": image.config("secret-registry-token"),
-        "snapshotdir": snapshotdir,
-        "fs_version": "v6",
-    });
-    mount_with(vec![
-        format!("lowerdir={}", image.bootstrap.display()),
-        format!("upperdir={}", snapshotdir.join("fs").display()),
-        format!("workdir={}", snapshotdir.join("work").display()),
-        extraoption(&extra),
-    ])
-}
-
-fn mount_with(options: Vec<String>) -> Mount {
-    Mount {
-        r#type: "fuse.nydus-overlayfs".into(),
-        source: "overlay".into(),
-        target: String::new(),
-        options,
-    }
-}
-
-fn spec(args: &[&str], sandbox: &str, annotations: &[(&str, &str)]) -> prost_types::Any {
-    let mut spec = oci_spec::runtime::Spec::default();
-    let mut process = spec.process().clone().unwrap_or_default();
-    process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
-    spec.set_process(Some(process));
-    let mut root = spec.root().clone().unwrap_or_default();
-    root.set_readonly(Some(false));
-    spec.set_root(Some(root));
-    let mut a: std::collections::HashMap<String, String> = annotations
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    a.insert("io.kubernetes.cri.sandbox-id".into(), sandbox.into());
-    spec.set_annotations(Some(a));
-    prost_types::Any {
-        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-        value: serde_json::to_vec(&spec).unwrap(),
+impl std::ops::Deref for Pod {
+    type Target = PodClient;
+    fn deref(&self) -> &PodClient {
+        &self.api
     }
 }
 
@@ -100,15 +39,18 @@ impl Pod {
         let tmp = tempfile::tempdir().unwrap();
         let config = tmp.path().join("lazyvm.toml");
         write_config(&config, &guest_dir());
-        let containerd = Containerd::start(tmp.path(), &config);
+        let containerd = Containerd::start(tmp.path(), &config, &shim_dir());
         let channel = containerd_client::connect(&containerd.socket)
             .await
             .unwrap();
         Pod {
+            api: PodClient {
+                channel,
+                id: format!("{}{name}", test_prefix()),
+                out_dir: tmp.path().to_path_buf(),
+            },
             tmp,
             containerd,
-            channel,
-            id: format!("{}{name}", test_prefix()),
         }
     }
 
@@ -124,134 +66,6 @@ impl Pod {
         NydusClient::new(self.sandbox_dir().join("nydusd-api.sock"))
     }
 
-    /// Creates container `cid` and its task with `rootfs`; returns the stdout file.
-    async fn create(
-        &self,
-        cid: &str,
-        args: &[&str],
-        rootfs: Vec<Mount>,
-        annotations: &[(&str, &str)],
-    ) -> Result<PathBuf, tonic::Status> {
-        let container = Container {
-            id: cid.to_string(),
-            image: "lazyvm-test/nydus".into(),
-            runtime: Some(Runtime {
-                name: RUNTIME.into(),
-                options: None,
-            }),
-            spec: Some(spec(args, &self.id, annotations)),
-            ..Default::default()
-        };
-        ContainersClient::new(self.channel.clone())
-            .create(with_namespace!(
-                CreateContainerRequest {
-                    container: Some(container)
-                },
-                NS
-            ))
-            .await?;
-        let stdout = self.tmp.path().join(format!("{cid}.out"));
-        let created = TasksClient::new(self.channel.clone())
-            .create(with_namespace!(
-                CreateTaskRequest {
-                    container_id: cid.to_string(),
-                    rootfs,
-                    stdout: stdout.display().to_string(),
-                    ..Default::default()
-                },
-                NS
-            ))
-            .await;
-        if let Err(e) = created {
-            self.delete_container(cid).await;
-            return Err(e);
-        }
-        Ok(stdout)
-    }
-
-    async fn start(&self, cid: &str) {
-        TasksClient::new(self.channel.clone())
-            .start(with_namespace!(
-                StartRequest {
-                    container_id: cid.to_string(),
-                    ..Default::default()
-                },
-                NS
-            ))
-            .await
-            .unwrap();
-    }
-
-    async fn wait(&self, cid: &str) -> u32 {
-        TasksClient::new(self.channel.clone())
-            .wait(with_namespace!(
-                WaitRequest {
-                    container_id: cid.to_string(),
-                    ..Default::default()
-                },
-                NS
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .exit_status
-    }
-
-    async fn status(&self, cid: &str) -> i32 {
-        TasksClient::new(self.channel.clone())
-            .get(with_namespace!(
-                GetRequest {
-                    container_id: cid.to_string(),
-                    ..Default::default()
-                },
-                NS
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .process
-            .map(|p| p.status)
-            .unwrap_or_default()
-    }
-
-    async fn kill(&self, cid: &str) {
-        TasksClient::new(self.channel.clone())
-            .kill(with_namespace!(
-                KillRequest {
-                    container_id: cid.to_string(),
-                    signal: 9,
-                    ..Default::default()
-                },
-                NS
-            ))
-            .await
-            .unwrap();
-    }
-
-    async fn delete(&self, cid: &str) {
-        TasksClient::new(self.channel.clone())
-            .delete(with_namespace!(
-                DeleteTaskRequest {
-                    container_id: cid.to_string(),
-                },
-                NS
-            ))
-            .await
-            .unwrap();
-        self.delete_container(cid).await;
-    }
-
-    async fn delete_container(&self, cid: &str) {
-        let _ = ContainersClient::new(self.channel.clone())
-            .delete(with_namespace!(
-                DeleteContainerRequest {
-                    id: cid.to_string()
-                },
-                NS
-            ))
-            .await;
-    }
-
     fn assert_container_gone(&self, cid: &str) {
         let shared = self.sandbox_dir().join("shared").join(cid);
         assert!(!shared.exists(), "{} left behind", shared.display());
@@ -262,8 +76,6 @@ impl Pod {
         );
     }
 }
-
-const RUNNING: i32 = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nydus_containers_share_a_vm_and_clean_up() {

@@ -10,9 +10,15 @@ use std::path::Path;
 use std::process::Output;
 
 use common::*;
-use containerd::Containerd;
 
-const RUNTIME: &str = "io.containerd.lazyvm.v2";
+fn shim_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_BIN_EXE_containerd-shim-lazyvm-v2"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+use containerd::{Containerd, RUNTIME};
+
 const IMAGE: &str = "docker.io/library/lazyvm-busybox:test";
 
 struct Env {
@@ -24,7 +30,7 @@ fn setup() -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("lazyvm.toml");
     write_config(&config, &guest_dir());
-    let containerd = Containerd::start(tmp.path(), &config);
+    let containerd = Containerd::start(tmp.path(), &config, &shim_dir());
     let archive = tmp.path().join("image.tar");
     oci_image_archive(&busybox_rootfs(tmp.path()), IMAGE, &archive);
     let out = containerd.ctr(&["images", "import", archive.to_str().unwrap()]);
@@ -53,6 +59,33 @@ impl Env {
             text(&out.stderr)
         );
         out
+    }
+
+    /// `ctr run -d` of `sleep 1000` as container `cid`.
+    fn run_detached(&self, cid: &str) {
+        let out = self.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            cid,
+            "sleep",
+            "1000",
+        ]);
+        assert!(out.status.success(), "run -d {cid}");
+    }
+
+    /// Waits until `ctr task ls` shows `cid` STOPPED.
+    fn wait_stopped(&self, cid: &str) {
+        for _ in 0..100 {
+            let ls = text(&self.ctr(&["task", "ls"]).stdout);
+            if ls.lines().any(|l| l.contains(cid) && l.contains("STOPPED")) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("{cid} did not stop");
     }
 
     fn run(&self, name: &str, cmd: &[&str]) -> Output {
@@ -140,16 +173,7 @@ fn ctr_run_exec_kill_pause_metrics() {
         .ctr(&["task", "kill", "-s", "SIGKILL", &c3])
         .status
         .success());
-    let mut stopped = false;
-    for _ in 0..100 {
-        let ls = text(&env.ctr(&["task", "ls"]).stdout);
-        if ls.lines().any(|l| l.contains(&c3) && l.contains("STOPPED")) {
-            stopped = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(stopped, "c3 did not stop after SIGKILL");
+    env.wait_stopped(&c3);
     assert!(env.ctr(&["task", "delete", &c3]).status.success());
     assert!(env.ctr(&["container", "delete", &c3]).status.success());
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -181,31 +205,14 @@ fn events_come_in_order() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     let cid = id("ev");
-    assert!(env
-        .ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            &cid,
-            "sleep",
-            "1000"
-        ])
-        .status
-        .success());
+    env.run_detached(&cid);
     let out = env.ctr(&["task", "exec", "--exec-id", "e1", &cid, "true"]);
     assert!(out.status.success());
     assert!(env
         .ctr(&["task", "kill", "-s", "SIGKILL", &cid])
         .status
         .success());
-    for _ in 0..100 {
-        if text(&env.ctr(&["task", "ls"]).stdout).contains("STOPPED") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    env.wait_stopped(&cid);
     assert!(env.ctr(&["task", "delete", &cid]).status.success());
     assert!(env.ctr(&["container", "delete", &cid]).status.success());
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -281,19 +288,7 @@ fn twenty_run_delete_cycles_leave_nothing() {
 fn a_killed_shim_is_cleaned_up_by_containerd() {
     let env = setup();
     let cid = id("sk");
-    assert!(env
-        .ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            &cid,
-            "sleep",
-            "1000"
-        ])
-        .status
-        .success());
+    env.run_detached(&cid);
     let dir = lazyvm::sandbox::sandbox_dir(Path::new(lazyvm::sandbox::RUN_DIR), &cid);
     assert!(dir.exists());
     let shims: Vec<u32> = processes_mentioning(&env.containerd.socket)

@@ -15,9 +15,9 @@ impl Log for ConsoleLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let uptime = std::fs::read_to_string("/proc/uptime")
-            .ok()
-            .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        // Seconds since boot, comparable with the kernel's log timestamps.
+        let uptime = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(|t| format!("{}.{:03}", t.tv_sec(), t.tv_nsec() / 1_000_000))
             .unwrap_or_default();
         let line = format!(
             "lazyvm-agent[{uptime}] {} {}: {}\n",

@@ -4,7 +4,9 @@
 //!
 //! Usage: `lazyvm-agent [--listen ADDR] [--crun PATH]`; ADDR defaults to
 //! `vsock://-1:1024`, `unix:///path` is accepted for tests outside a VM. The kernel
-//! command line option `lazyvm.debug` turns on debug logging.
+//! command line option `lazyvm.debug` turns on debug logging; `lazyvm_no_pivot=1` keeps
+//! the agent on the initramfs (crun then runs containers with `--no-pivot`) instead of
+//! moving it to a tmpfs root first (see `rootfs`).
 
 mod cgroup;
 mod container;
@@ -13,6 +15,7 @@ mod logger;
 mod modules;
 mod mount;
 mod reaper;
+mod rootfs;
 mod runtime;
 mod service;
 mod spec;
@@ -71,7 +74,20 @@ fn main() {
         Ok(o) => o,
         Err(e) => fatal(pid1, &e),
     };
+    // Leave the initramfs for a tmpfs root first, so that crun can pivot_root.
+    let mut no_pivot = false;
     if pid1 {
+        // `lazyvm_no_pivot=1` on the kernel command line (the kernel hands it to init's
+        // environment) skips the switch: faster boot, weaker container confinement.
+        if std::env::var_os("lazyvm_no_pivot").is_some() {
+            no_pivot = true;
+        } else if std::env::var_os(rootfs::SWITCHED_ENV).is_none() {
+            log::info!("started; moving to a tmpfs root");
+            let e = rootfs::switch_to_tmpfs();
+            log::warn!("staying on the initramfs, containers use crun --no-pivot: {e}");
+            no_pivot = true;
+        }
+        log::info!("root is a tmpfs: {}", !no_pivot);
         std::env::set_var(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -95,12 +111,12 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => fatal(pid1, &format!("tokio runtime: {e}")),
     };
-    if let Err(e) = rt.block_on(serve(opts)) {
+    if let Err(e) = rt.block_on(serve(opts, no_pivot)) {
         fatal(pid1, &e);
     }
 }
 
-async fn serve(opts: Options) -> Result<(), String> {
+async fn serve(opts: Options, no_pivot: bool) -> Result<(), String> {
     let reaper = reaper::Reaper::start().map_err(|e| e.to_string())?;
     let work = PathBuf::from(if std::process::id() == 1 {
         "/run/lazyvm/work".to_owned()
@@ -114,7 +130,13 @@ async fn serve(opts: Options) -> Result<(), String> {
             opts.crun.display()
         ));
     }
-    let crun = runtime::Crun::new(opts.crun, PathBuf::from("/run/crun"), work, reaper);
+    let crun = runtime::Crun::new(
+        opts.crun,
+        PathBuf::from("/run/crun"),
+        work,
+        reaper,
+        no_pivot,
+    );
     let svc = service::AgentService::new(crun);
     let handler = service::Handler(svc);
     let mut server = ttrpc::r#async::Server::new()

@@ -77,18 +77,22 @@ pub struct Crun {
     root: PathBuf,
     work: PathBuf,
     reaper: Reaper,
+    no_pivot: bool,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Crun {
     /// crun at `bin`, state in `root`, temporary files (logs, console sockets) in `work`.
-    pub fn new(bin: PathBuf, root: PathBuf, work: PathBuf, reaper: Reaper) -> Self {
+    /// `no_pivot`: create containers with `--no-pivot` (needed when the agent's root is
+    /// the initramfs, where pivot_root is impossible).
+    pub fn new(bin: PathBuf, root: PathBuf, work: PathBuf, reaper: Reaper, no_pivot: bool) -> Self {
         Crun {
             bin,
             root,
             work,
             reaper,
+            no_pivot,
         }
     }
 
@@ -227,13 +231,11 @@ impl Crun {
         bundle: &Path,
         io: ProcessIo,
     ) -> Result<(i32, Option<OwnedFd>), RuntimeError> {
-        let args = vec![
-            "create".to_owned(),
-            // The agent runs from the initramfs, where pivot_root is impossible.
-            "--no-pivot".to_owned(),
-            format!("--bundle={}", bundle.display()),
-            cid.to_owned(),
-        ];
+        let mut args = vec!["create".to_owned()];
+        if self.no_pivot {
+            args.push("--no-pivot".to_owned());
+        }
+        args.extend([format!("--bundle={}", bundle.display()), cid.to_owned()]);
         self.run_process("create", args, io).await
     }
 

@@ -434,6 +434,11 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
         ),
         Kernel::Debian => ("pc", "console=ttyS0 panic=-1".to_owned()),
     };
+    // Extra kernel command line words, e.g. LAZYVM_TEST_APPEND=lazyvm_no_pivot=1.
+    let append = match std::env::var("LAZYVM_TEST_APPEND") {
+        Ok(extra) if !extra.is_empty() => format!("{append} {extra}"),
+        _ => append,
+    };
     let console = dir.join("console.log");
     let t0 = Instant::now();
     spawn(
@@ -643,7 +648,7 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
         let ev = agent
             .client
             .get_oom_event(
-                context::with_timeout(Duration::from_secs(60).as_nanos() as i64),
+                context::with_timeout(Duration::from_secs(150).as_nanos() as i64),
                 &GetOOMEventRequest::new(),
             )
             .await?;
@@ -676,7 +681,7 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_minimal_kernel_runs_containers() {
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(240), boot_and_run(Kernel::Minimal))
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(400), boot_and_run(Kernel::Minimal))
         .await
         .unwrap_or_else(|_| Err("timed out".into()))
     {
@@ -686,7 +691,7 @@ async fn guest_minimal_kernel_runs_containers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_debian_kernel_runs_containers() {
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(240), boot_and_run(Kernel::Debian))
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(400), boot_and_run(Kernel::Debian))
         .await
         .unwrap_or_else(|_| Err("timed out".into()))
     {

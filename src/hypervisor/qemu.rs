@@ -31,11 +31,13 @@ pub enum Accel {
     Tcg,
 }
 
-/// The QEMU machine type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The QEMU machine type (`microvm` or `pc` in the configuration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Machine {
     /// `microvm,pit=on,pcie=on`: the fast one; needs `tsc_early_khz` on the kernel command
     /// line.
+    #[default]
     Microvm,
     /// `pc`: the fallback.
     Pc,

@@ -90,6 +90,20 @@ pub enum SandboxError {
     Mount(#[from] MountError),
 }
 
+impl SandboxError {
+    /// Whether the error is the caller's input (a bad id or image reference), not a
+    /// failure of the runtime.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            SandboxError::ContainerId(_)
+                | SandboxError::ContainerExists(_)
+                | SandboxError::Bootstrap(_)
+                | SandboxError::Snapshotdir(_)
+        )
+    }
+}
+
 /// How long each phase of the sandbox start took.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StartTimings {
@@ -607,11 +621,16 @@ pub fn owner_alive(dir: &Path) -> bool {
     recorded_alive(dir).iter().any(|(role, _, _)| role == OWNER)
 }
 
-/// The start time of process `pid` (field 22 of /proc/<pid>/stat), in clock ticks.
+/// The start time of live process `pid` (field 22 of /proc/<pid>/stat), in clock ticks;
+/// `None` when it is gone or a zombie.
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 2..];
-    after_comm.split(' ').nth(19)?.parse().ok()
+    let mut fields = after_comm.split(' ');
+    if matches!(fields.next(), Some("Z") | Some("X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Kills (SIGKILL) the helper processes recorded in sandbox directory `dir` that are still
@@ -653,14 +672,21 @@ mod tests {
         let pid = child.id();
         let started = start_time(pid).unwrap();
         // A wrong start time stands for a recycled pid: it must be left alone.
+        let me = std::process::id();
+        let owner = format!("{OWNER} {me} {}\n", start_time(me).unwrap());
         std::fs::write(
             tmp.path().join(PIDS_FILE),
-            format!("{pid} {}\n", started + 1),
+            format!("{owner}helper {pid} {}\n", started + 1),
         )
         .unwrap();
+        assert!(owner_alive(tmp.path()));
         kill_recorded(tmp.path());
         assert!(child.try_wait().unwrap().is_none());
-        std::fs::write(tmp.path().join(PIDS_FILE), format!("{pid} {started}\n")).unwrap();
+        std::fs::write(
+            tmp.path().join(PIDS_FILE),
+            format!("{owner}helper {pid} {started}\n"),
+        )
+        .unwrap();
         kill_recorded(tmp.path());
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;

@@ -137,6 +137,20 @@ struct State {
     containers: HashMap<String, Container>,
 }
 
+impl State {
+    fn container(&self, id: &str) -> TtrpcResult<&Container> {
+        self.containers
+            .get(id)
+            .ok_or_else(|| not_found(&format!("container {id}")))
+    }
+
+    fn container_mut(&mut self, id: &str) -> TtrpcResult<&mut Container> {
+        self.containers
+            .get_mut(id)
+            .ok_or_else(|| not_found(&format!("container {id}")))
+    }
+}
+
 /// The task service of one shim.
 #[derive(Clone)]
 pub struct TaskService {
@@ -441,7 +455,12 @@ impl Task for TaskService {
                 if let Some(p) = &host_rootfs {
                     unmount_rootfs(p);
                 }
-                return Err(internal(e));
+                let code = if e.is_invalid_input() {
+                    Code::INVALID_ARGUMENT
+                } else {
+                    Code::INTERNAL
+                };
+                return Err(status_error(code, e.to_string()));
             }
         };
         let agent = sandbox
@@ -503,10 +522,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::StartResponse> {
         let agent = self.agent().await?;
         let mut state = self.inner.state.lock().await;
-        let c = state
-            .containers
-            .get_mut(&req.id)
-            .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+        let c = state.container_mut(&req.id)?;
         let (boot, created) = c.timings;
         let p = c.process_mut(&req.exec_id)?;
         if p.status != TaskStatus::CREATED {
@@ -564,10 +580,7 @@ impl Task for TaskService {
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
         let mut state = self.inner.state.lock().await;
-        let c = state
-            .containers
-            .get_mut(&req.id)
-            .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+        let c = state.container_mut(&req.id)?;
         if !req.exec_id.is_empty() {
             let p = c.process(&req.exec_id)?;
             if p.status == TaskStatus::RUNNING {
@@ -631,10 +644,7 @@ impl Task for TaskService {
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
         let state = self.inner.state.lock().await;
-        let c = state
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+        let c = state.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         let exit = p.exit();
         Ok(api::StateResponse {
@@ -730,10 +740,7 @@ impl Task for TaskService {
         let agent = self.agent().await?;
         {
             let state = self.inner.state.lock().await;
-            let c = state
-                .containers
-                .get(&req.id)
-                .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+            let c = state.container(&req.id)?;
             let p = c.process(&req.exec_id)?;
             if p.status == TaskStatus::STOPPED {
                 return Err(not_found("process (already finished)"));
@@ -752,10 +759,7 @@ impl Task for TaskService {
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
         let mut state = self.inner.state.lock().await;
-        let c = state
-            .containers
-            .get_mut(&req.id)
-            .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+        let c = state.container_mut(&req.id)?;
         if c.execs.contains_key(&req.exec_id) {
             return Err(status_error(
                 Code::ALREADY_EXISTS,
@@ -805,10 +809,7 @@ impl Task for TaskService {
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
         let state = self.inner.state.lock().await;
-        let c = state
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+        let c = state.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         if req.stdin {
             if let Some(r) = &p.relays {
@@ -843,10 +844,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::WaitResponse> {
         let mut rx = {
             let state = self.inner.state.lock().await;
-            let c = state
-                .containers
-                .get(&req.id)
-                .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
+            let c = state.container(&req.id)?;
             c.process(&req.exec_id)?.exit_tx.subscribe()
         };
         let exit = rx

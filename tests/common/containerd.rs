@@ -1,9 +1,231 @@
 //! A private containerd for the integration tests (included by the tests that need it).
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{processes_mentioning, test_prefix};
+use base64::Engine;
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, GetRequest, KillRequest, StartRequest, WaitRequest,
+};
+use containerd_client::types::Mount;
+use containerd_client::with_namespace;
+use tonic::transport::Channel;
+use tonic::Request;
+
+use crate::common::{processes_mentioning, test_prefix, RafsImage};
+
+/// The namespace the tests and the demo use.
+pub const NS: &str = "lazyvm-test";
+/// lazyvm's runtime type.
+pub const RUNTIME: &str = "io.containerd.lazyvm.v2";
+/// The task status containerd reports for a running task.
+pub const RUNNING: i32 = 2;
+
+/// A snapshot directory as the nydus snapshotter makes one: `fs` (upper) and `work`.
+pub fn snapshotdir(base: &Path, name: &str) -> PathBuf {
+    let dir = base.join("snapshots").join(name);
+    std::fs::create_dir_all(dir.join("fs")).unwrap();
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    dir
+}
+
+pub fn extraoption(json: &serde_json::Value) -> String {
+    format!(
+        "extraoption={}",
+        base64::engine::general_purpose::STANDARD.encode(json.to_string())
+    )
+}
+
+pub fn nydus_mount(image: &RafsImage, snapshotdir: &Path) -> Mount {
+    let extra = serde_json::json!({
+        "source": image.bootstrap,
+        "config": image.config("secret-registry-token"),
+        "snapshotdir": snapshotdir,
+        "fs_version": "v6",
+    });
+    mount_with(vec![
+        format!("lowerdir={}", image.bootstrap.display()),
+        format!("upperdir={}", snapshotdir.join("fs").display()),
+        format!("workdir={}", snapshotdir.join("work").display()),
+        extraoption(&extra),
+    ])
+}
+
+pub fn mount_with(options: Vec<String>) -> Mount {
+    Mount {
+        r#type: "fuse.nydus-overlayfs".into(),
+        source: "overlay".into(),
+        target: String::new(),
+        options,
+    }
+}
+
+pub fn spec(args: &[&str], sandbox: &str, annotations: &[(&str, &str)]) -> prost_types::Any {
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+    spec.set_process(Some(process));
+    spec.set_hostname(Some("lazyvm".into()));
+    let mut root = spec.root().clone().unwrap_or_default();
+    root.set_readonly(Some(false));
+    spec.set_root(Some(root));
+    let mut a: std::collections::HashMap<String, String> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    a.insert("io.kubernetes.cri.sandbox-id".into(), sandbox.into());
+    spec.set_annotations(Some(a));
+    prost_types::Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+        value: serde_json::to_vec(&spec).unwrap(),
+    }
+}
+
+/// containerd's gRPC API for the containers of one pod (grouped by the sandbox-id
+/// annotation `id`), with stdout captured in files under `out_dir`.
+pub struct PodClient {
+    /// The gRPC channel.
+    pub channel: Channel,
+    /// The pod's id.
+    pub id: String,
+    /// Where stdout files go.
+    pub out_dir: PathBuf,
+}
+
+impl PodClient {
+    /// Creates container `cid` and its task with `rootfs`; returns the stdout file.
+    pub async fn create(
+        &self,
+        cid: &str,
+        args: &[&str],
+        rootfs: Vec<Mount>,
+        annotations: &[(&str, &str)],
+    ) -> Result<PathBuf, tonic::Status> {
+        let container = Container {
+            id: cid.to_string(),
+            image: "lazyvm-test/nydus".into(),
+            runtime: Some(Runtime {
+                name: RUNTIME.into(),
+                options: None,
+            }),
+            spec: Some(spec(args, &self.id, annotations)),
+            ..Default::default()
+        };
+        ContainersClient::new(self.channel.clone())
+            .create(with_namespace!(
+                CreateContainerRequest {
+                    container: Some(container)
+                },
+                NS
+            ))
+            .await?;
+        let stdout = self.out_dir.join(format!("{cid}.out"));
+        let created = TasksClient::new(self.channel.clone())
+            .create(with_namespace!(
+                CreateTaskRequest {
+                    container_id: cid.to_string(),
+                    rootfs,
+                    stdout: stdout.display().to_string(),
+                    ..Default::default()
+                },
+                NS
+            ))
+            .await;
+        if let Err(e) = created {
+            self.delete_container(cid).await;
+            return Err(e);
+        }
+        Ok(stdout)
+    }
+
+    pub async fn start(&self, cid: &str) {
+        TasksClient::new(self.channel.clone())
+            .start(with_namespace!(
+                StartRequest {
+                    container_id: cid.to_string(),
+                    ..Default::default()
+                },
+                NS
+            ))
+            .await
+            .unwrap();
+    }
+
+    pub async fn wait(&self, cid: &str) -> u32 {
+        TasksClient::new(self.channel.clone())
+            .wait(with_namespace!(
+                WaitRequest {
+                    container_id: cid.to_string(),
+                    ..Default::default()
+                },
+                NS
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .exit_status
+    }
+
+    pub async fn status(&self, cid: &str) -> i32 {
+        TasksClient::new(self.channel.clone())
+            .get(with_namespace!(
+                GetRequest {
+                    container_id: cid.to_string(),
+                    ..Default::default()
+                },
+                NS
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .process
+            .map(|p| p.status)
+            .unwrap_or_default()
+    }
+
+    pub async fn kill(&self, cid: &str) {
+        TasksClient::new(self.channel.clone())
+            .kill(with_namespace!(
+                KillRequest {
+                    container_id: cid.to_string(),
+                    signal: 9,
+                    ..Default::default()
+                },
+                NS
+            ))
+            .await
+            .unwrap();
+    }
+
+    pub async fn delete(&self, cid: &str) {
+        TasksClient::new(self.channel.clone())
+            .delete(with_namespace!(
+                DeleteTaskRequest {
+                    container_id: cid.to_string(),
+                },
+                NS
+            ))
+            .await
+            .unwrap();
+        self.delete_container(cid).await;
+    }
+
+    pub async fn delete_container(&self, cid: &str) {
+        let _ = ContainersClient::new(self.channel.clone())
+            .delete(with_namespace!(
+                DeleteContainerRequest {
+                    id: cid.to_string()
+                },
+                NS
+            ))
+            .await;
+    }
+}
 
 /// A private containerd (own root, state and sockets) with lazyvm registered, stopped
 /// (by pid) when dropped.
@@ -14,9 +236,9 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd in `dir`; the shim is found in the directory of the test's
-    /// binaries and reads `lazyvm_config`.
-    pub fn start(dir: &Path, lazyvm_config: &Path) -> Containerd {
+    /// Starts containerd in `dir`; the shim is found in `shim_dir` and reads
+    /// `lazyvm_config`.
+    pub fn start(dir: &Path, lazyvm_config: &Path, shim_dir: &Path) -> Containerd {
         let socket = dir.join("containerd.sock");
         let config = dir.join("containerd.toml");
         std::fs::write(
@@ -37,10 +259,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             ),
         )
         .unwrap();
-        let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-lazyvm-v2"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
         let path = format!(
             "{}:{}",
             shim_dir.display(),
