@@ -3,7 +3,7 @@
 //! A [`Supervised`] process is spawned in the shim process's own network namespace (the
 //! calling thread may sit in a pod's namespace) and in its own process group (a Ctrl-C on
 //! the terminal is ours to handle, not the helper's). Its stdout and stderr go to our log
-//! line by line, and the last lines are kept for error messages. A watcher task reaps it;
+//! line by line at debug level, and the last lines are kept for error messages. A watcher task reaps it;
 //! if it dies without being asked to, the `on_exit` callback runs. Signals go through a
 //! pidfd, so a recycled pid is never hit. Dropping a `Supervised` that was not stopped
 //! kills it.
@@ -297,7 +297,7 @@ fn relay(
     tokio::spawn(async move {
         let mut lines = BufReader::new(out).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            log::info!(target: "lazyvm::process::output", "{name}[{pid}]: {line}");
+            log::debug!(target: "lazyvm::process::output", "{name}[{pid}]: {line}");
             if let Ok(mut tail) = tail.lock() {
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();

@@ -317,3 +317,24 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&cid), "a mount of {cid} is left");
 }
+
+#[test]
+fn ctr_run_tty_gives_a_terminal() {
+    let env = setup();
+    let cid = id("tty");
+    // ctr -t needs a terminal of its own: script(1) gives it one.
+    let ctr = format!(
+        "ctr --address {} --namespace lazyvm-test run -t --rm --runtime {RUNTIME} {IMAGE} {cid} sh -c 'test -t 0 && echo tty-ok; stty size'",
+        env.containerd.socket.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &ctr, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let printed = text(&out.stdout);
+    eprintln!("{printed}");
+    assert!(printed.contains("tty-ok"), "{printed}");
+    assert!(out.status.success());
+    assert_sandbox_gone(&cid);
+}

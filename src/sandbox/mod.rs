@@ -186,6 +186,7 @@ pub struct Sandbox {
     containers: BTreeMap<String, Holdings>,
     failed: watch::Receiver<Option<String>>,
     timings: StartTimings,
+    console_follower: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The directory name of sandbox `id`: the id itself when it is short and plain, else a
@@ -241,6 +242,7 @@ impl Sandbox {
             containers: BTreeMap::new(),
             failed,
             timings: StartTimings::default(),
+            console_follower: None,
         };
         match sandbox.boot(&spec, Arc::new(fail_tx)).await {
             Ok(()) => {
@@ -326,6 +328,9 @@ impl Sandbox {
 
         let t = Instant::now();
         let qemu = Qemu::start(&cfg.qemu(), files, Some(fail("QEMU"))).await?;
+        if cfg.debug {
+            self.console_follower = Some(tokio::spawn(follow_console(console.clone())));
+        }
         self.qemu = Some(qemu);
         self.record_pids();
         let agent = self.connect_agent(&uds).await?;
@@ -568,6 +573,9 @@ impl Sandbox {
     }
 
     async fn teardown(&mut self) {
+        if let Some(follower) = self.console_follower.take() {
+            follower.abort();
+        }
         if let Some(agent) = self.agent.take() {
             match tokio::time::timeout(DESTROY_TIMEOUT, agent.destroy_sandbox()).await {
                 Ok(Ok(())) => {}
@@ -591,6 +599,24 @@ impl Sandbox {
         self.containers.clear();
         if let Err(e) = mounts::remove_dir_unmounted(&self.dir) {
             log::warn!("sandbox {}: {e}", self.id);
+        }
+    }
+}
+
+/// Copies the guest console into the log (debug mode), line by line, as it grows.
+async fn follow_console(path: PathBuf) {
+    use tokio::io::AsyncBufReadExt;
+    let Ok(file) = tokio::fs::File::open(&path).await else {
+        return;
+    };
+    let mut reader = tokio::io::BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line).await {
+            Ok(0) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(_) => log::debug!(target: "lazyvm::guest::console", "{}", line.trim_end()),
+            Err(_) => return,
         }
     }
 }

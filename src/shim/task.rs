@@ -166,6 +166,11 @@ struct Inner {
 impl TaskService {
     /// A task service publishing its events through `publisher`.
     pub fn new(namespace: &str, exit: Arc<ExitSignal>, publisher: RemotePublisher) -> Self {
+        // `debug = true` in lazyvm's configuration brings nydusd's output and the guest
+        // console into the shim's log.
+        if Config::load(None).is_ok_and(|c| c.debug) {
+            log::set_max_level(log::LevelFilter::Debug);
+        }
         TaskService {
             inner: Arc::new(Inner {
                 exit,
@@ -263,7 +268,7 @@ impl TaskService {
                 .and_then(|c| c.process_mut(&exec_id).ok())
             {
                 p.status = TaskStatus::STOPPED;
-                let _ = p.exit_tx.send(Some(exit));
+                p.exit_tx.send_replace(Some(exit));
             }
             svc.inner.events.send(
                 TASK_EXIT_EVENT_TOPIC,

@@ -157,15 +157,17 @@ impl PodClient {
     }
 
     pub async fn wait(&self, cid: &str) -> u32 {
-        TasksClient::new(self.channel.clone())
-            .wait(with_namespace!(
-                WaitRequest {
-                    container_id: cid.to_string(),
-                    ..Default::default()
-                },
-                NS
-            ))
+        let mut tasks = TasksClient::new(self.channel.clone());
+        let wait = tasks.wait(with_namespace!(
+            WaitRequest {
+                container_id: cid.to_string(),
+                ..Default::default()
+            },
+            NS
+        ));
+        tokio::time::timeout(std::time::Duration::from_secs(120), wait)
             .await
+            .unwrap_or_else(|_| panic!("waiting for {cid} timed out"))
             .unwrap()
             .into_inner()
             .exit_status
@@ -293,8 +295,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// `ctr` against this containerd, in namespace `lazyvm-test`.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("--address")
+        // Bounded: a hung call fails the test instead of hanging it.
+        let mut c = Command::new("timeout");
+        c.args(["120", "ctr"])
+            .arg("--address")
             .arg(&self.socket)
             .args(["--namespace", "lazyvm-test"])
             .args(args);
