@@ -58,33 +58,51 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut agent_ready: [Vec<Duration>; 2] = Default::default();
     let mut run_true: [Vec<Duration>; 2] = Default::default();
+    let mut failures = 0;
     for round in 0..ROUNDS {
         for (k, kernel) in kernels.iter().enumerate() {
             let config = Config::parse(&kernel.config).unwrap();
             let id = format!("bench-{}-{round}-{}", kernel.name, std::process::id());
             let boot = runtime.block_on(async {
-                let sandbox = Sandbox::start(SandboxSpec::new(&id, config))
-                    .await
-                    .unwrap_or_else(|e| panic!("{} sandbox: {e}", kernel.name));
-                let t = sandbox.timings().vm_boot;
-                sandbox.stop().await;
-                t
+                match Sandbox::start(SandboxSpec::new(&id, config)).await {
+                    Ok(sandbox) => {
+                        let t = sandbox.timings().vm_boot;
+                        sandbox.stop().await;
+                        Some(t)
+                    }
+                    Err(e) => {
+                        println!("round {round} {}: sandbox failed: {e}", kernel.name);
+                        None
+                    }
+                }
             });
-            agent_ready[k].push(boot);
-
             let file = tmp.path().join(format!("{}.toml", kernel.name));
             std::fs::write(&file, &kernel.config).unwrap();
             let t = Instant::now();
-            let status = Command::new(env!("CARGO_BIN_EXE_lazyvm"))
+            let out = Command::new(env!("CARGO_BIN_EXE_lazyvm"))
                 .arg("--config")
                 .arg(&file)
                 .args(["run", "--rootfs"])
                 .arg(&rootfs)
                 .args(["--", "true"])
-                .status()
+                .output()
                 .unwrap();
-            assert!(status.success(), "lazyvm run with {}", kernel.name);
             let run = t.elapsed();
+            let run = if out.status.success() {
+                Some(run)
+            } else {
+                println!(
+                    "round {round} {}: lazyvm run failed: {}",
+                    kernel.name,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                None
+            };
+            let (Some(boot), Some(run)) = (boot, run) else {
+                failures += 1;
+                continue;
+            };
+            agent_ready[k].push(boot);
             run_true[k].push(run);
             println!(
                 "round {round} {:<8} spawn->agent ready {:>8}   lazyvm run -- true {:>8}",
@@ -96,7 +114,7 @@ fn main() {
     }
     let [ready_min, ready_deb] = agent_ready.map(median);
     let [run_min, run_deb] = run_true.map(median);
-    println!("\nmedians over {ROUNDS} rounds (alternated):");
+    println!("\nmedians over {ROUNDS} rounds (alternated; {failures} failed sample(s) left out):");
     println!(
         "  QEMU spawn -> agent ready: minimal {} | debian {} | minimal/debian = {:.2}",
         ms(ready_min),

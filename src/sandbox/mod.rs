@@ -73,6 +73,14 @@ pub enum SandboxError {
     /// The agent failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The guest never answered: its console tells why.
+    #[error("{source}; the guest console's last lines:\n{console}")]
+    AgentUnreachable {
+        /// The connect error.
+        source: AgentError,
+        /// The end of the guest console log.
+        console: String,
+    },
     /// A nydus image's bootstrap file is missing.
     #[error("the nydus image's bootstrap (extraoption source) {0:?} does not exist")]
     Bootstrap(PathBuf),
@@ -365,7 +373,12 @@ impl Sandbox {
         tokio::pin!(connect);
         loop {
             tokio::select! {
-                r = &mut connect => return Ok(r?),
+                r = &mut connect => {
+                    return r.map_err(|source| SandboxError::AgentUnreachable {
+                        source,
+                        console: self.qemu.as_ref().map(Qemu::console_tail).unwrap_or_default(),
+                    });
+                }
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {
                     if let Some(e) = self.qemu.as_ref().and_then(Qemu::exit_error) {
                         return Err(e.into());
