@@ -164,10 +164,16 @@ fn ctr_run_exec_kill_pause_metrics() {
     let out = env.ctr(&["task", "metrics", &c3]);
     assert!(out.status.success());
     let metrics = text(&out.stdout);
-    assert!(
-        metrics.contains("memory") || metrics.contains("pids"),
-        "{metrics}"
-    );
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert_eq!(value("pids.current"), 1, "only sleep runs");
+    assert!(value("memory.usage") > 0);
+    assert!(value("cpu.usage_usec") > 0);
 
     assert!(env
         .ctr(&["task", "kill", "-s", "SIGKILL", &c3])
