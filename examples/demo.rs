@@ -36,18 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rootfs.join("etc/motd"),
         "Hello from a container started lazily from a nydus image.\n",
     )?;
-    std::fs::create_dir_all(rootfs.join("data"))?;
-    let mut x = 0x2545_f491_4f6c_dd1d_u64;
-    let mut chunk = vec![0u8; 10 << 20];
-    for i in 0..10 {
-        for b in chunk.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-        }
-        std::fs::write(rootfs.join(format!("data/part{i}")), &chunk)?;
-    }
+    write_incompressible(&rootfs.join("data"), 10, 10);
     let image = RafsImage::build(&rootfs, &tmp.path().join("image"));
     println!(
         "built a RAFS v6 image with nydus-image: {} blob bytes",

@@ -88,6 +88,16 @@ impl Supervised {
         cmd: &mut Command,
         on_exit: Option<OnExit>,
     ) -> Result<Self, ProcessError> {
+        let std_cmd = cmd.as_std();
+        log::info!(
+            "starting {name}: {} {}",
+            std_cmd.get_program().to_string_lossy(),
+            std_cmd
+                .get_args()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

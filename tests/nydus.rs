@@ -232,18 +232,7 @@ async fn a_large_image_is_read_lazily() {
     let pod = Pod::new("big").await;
     let src = busybox_rootfs(pod.tmp.path());
     // 200 MiB that no compressor can shrink, in 20 files, beside a small file.
-    std::fs::create_dir_all(src.join("data")).unwrap();
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut chunk = vec![0u8; 10 << 20];
-    for i in 0..20 {
-        for b in chunk.chunks_mut(8) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            b.copy_from_slice(&seed.to_le_bytes()[..b.len()]);
-        }
-        std::fs::write(src.join(format!("data/blob{i}")), &chunk).unwrap();
-    }
+    write_incompressible(&src.join("data"), 20, 10);
     let image = RafsImage::build(&src, &pod.tmp.path().join("image"));
     std::fs::remove_dir_all(&src).unwrap();
     assert!(image.blob_bytes > 200 << 20, "{}", image.blob_bytes);

@@ -76,6 +76,17 @@ impl Env {
         assert!(out.status.success(), "run -d {cid}");
     }
 
+    /// SIGKILLs `cid`, waits until it is stopped, deletes its task and container.
+    fn kill_and_delete(&self, cid: &str) {
+        assert!(self
+            .ctr(&["task", "kill", "-s", "SIGKILL", cid])
+            .status
+            .success());
+        self.wait_stopped(cid);
+        assert!(self.ctr(&["task", "delete", cid]).status.success());
+        assert!(self.ctr(&["container", "delete", cid]).status.success());
+    }
+
     /// Waits until `ctr task ls` shows `cid` STOPPED.
     fn wait_stopped(&self, cid: &str) {
         for _ in 0..100 {
@@ -175,13 +186,7 @@ fn ctr_run_exec_kill_pause_metrics() {
     assert!(value("memory.usage") > 0);
     assert!(value("cpu.usage_usec") > 0);
 
-    assert!(env
-        .ctr(&["task", "kill", "-s", "SIGKILL", &c3])
-        .status
-        .success());
-    env.wait_stopped(&c3);
-    assert!(env.ctr(&["task", "delete", &c3]).status.success());
-    assert!(env.ctr(&["container", "delete", &c3]).status.success());
+    env.kill_and_delete(&c3);
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_sandbox_gone(&c3);
 }
@@ -214,13 +219,7 @@ fn events_come_in_order() {
     env.run_detached(&cid);
     let out = env.ctr(&["task", "exec", "--exec-id", "e1", &cid, "true"]);
     assert!(out.status.success());
-    assert!(env
-        .ctr(&["task", "kill", "-s", "SIGKILL", &cid])
-        .status
-        .success());
-    env.wait_stopped(&cid);
-    assert!(env.ctr(&["task", "delete", &cid]).status.success());
-    assert!(env.ctr(&["container", "delete", &cid]).status.success());
+    env.kill_and_delete(&cid);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(events.id() as i32),

@@ -228,17 +228,8 @@ impl Qemu {
             ),
             Machine::Pc => None,
         };
-        let args = config.args(&files, tsc_khz);
-        log::info!(
-            "starting QEMU: {} {}",
-            config.binary.display(),
-            args.iter()
-                .map(|a| a.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
         let mut cmd = Command::new(&config.binary);
-        cmd.args(&args);
+        cmd.args(config.args(&files, tsc_khz));
         let process = Supervised::spawn("qemu", &mut cmd, on_exit)?;
         Ok(Qemu { process, files })
     }

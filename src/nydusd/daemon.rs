@@ -250,17 +250,8 @@ impl Nydusd {
     /// is mounted). On any failure nothing is left behind: no process, no socket.
     pub async fn start(config: DaemonConfig, on_exit: Option<OnExit>) -> Result<Self, DaemonError> {
         config.validate()?;
-        let args = config.args();
-        log::info!(
-            "starting nydusd: {} {}",
-            config.path.display(),
-            args.iter()
-                .map(|a| a.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
         let mut cmd = Command::new(&config.path);
-        cmd.args(&args);
+        cmd.args(config.args());
         let spawned_at = Instant::now();
         let process = Supervised::spawn("nydusd", &mut cmd, on_exit)?;
 
@@ -403,9 +394,6 @@ impl Nydusd {
 impl Drop for Nydusd {
     fn drop(&mut self) {
         // The process itself is killed by Supervised's drop; its files are ours.
-        if self.process.exit_status().is_none() {
-            self.process.signal(rustix::process::Signal::KILL);
-        }
         self.cleanup_files();
     }
 }

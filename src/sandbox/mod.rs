@@ -52,6 +52,9 @@ pub enum SandboxError {
     /// No such container.
     #[error("container {0:?} does not exist in this sandbox")]
     NoContainer(String),
+    /// The sandbox is stopped or was never fully started.
+    #[error("the sandbox is not running")]
+    NotRunning,
     /// A host directory could not be made.
     #[error("creating {path:?}: {source}")]
     Dir {
@@ -520,10 +523,7 @@ impl Sandbox {
                 if !extra.snapshotdir.is_dir() {
                     return Err(SandboxError::Snapshotdir(extra.snapshotdir.clone()));
                 }
-                let nydusd = self
-                    .nydusd
-                    .as_ref()
-                    .ok_or_else(|| SandboxError::NoContainer(cid.to_string()))?;
+                let nydusd = self.nydusd.as_ref().ok_or(SandboxError::NotRunning)?;
                 let t = Instant::now();
                 let req = nydusd::MountRequest::rafs(extra.source.clone(), extra.config())
                     .with_prefetch_files(prefetch_files);
@@ -555,10 +555,7 @@ impl Sandbox {
             mounts::bind_any(&bind.host, &host_dir.join("mounts").join(&bind.shared_name))?;
         }
         let json = serde_json::to_vec(oci_spec).map_err(|e| SandboxError::Spec(e.to_string()))?;
-        let agent = self
-            .agent
-            .as_ref()
-            .ok_or_else(|| SandboxError::NoContainer(cid.to_string()))?;
+        let agent = self.agent.as_ref().ok_or(SandboxError::NotRunning)?;
         let pid = agent
             .create_container(cid, storages, &guest_root, json)
             .await?;
@@ -571,7 +568,7 @@ impl Sandbox {
         let holdings = self
             .containers
             .remove(cid)
-            .ok_or_else(|| SandboxError::NoContainer(cid.to_string()))?;
+            .ok_or(SandboxError::NotRunning)?;
         let removed = match &self.agent {
             Some(agent) => agent.remove_container(cid, true).await,
             None => Ok(()),

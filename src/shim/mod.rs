@@ -12,7 +12,6 @@ pub mod events;
 pub mod stdio;
 pub mod task;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -96,9 +95,4 @@ impl Shim for LazyvmShim {
 /// Runs the shim binary (`containerd-shim-lazyvm-v2`).
 pub async fn main() {
     containerd_shim::asynchronous::run::<LazyvmShim>(RUNTIME_ID, None).await;
-}
-
-/// Whether `path` exists (for the delete path's checks).
-pub(crate) fn exists(path: &Path) -> bool {
-    path.symlink_metadata().is_ok()
 }

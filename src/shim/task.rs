@@ -381,11 +381,9 @@ pub fn cleanup_dead_shim(bundle: &Path, sandbox_id: &str) {
         log::info!("delete: the shim of sandbox {sandbox_id} is alive: nothing to clean");
         return;
     }
-    if super::exists(&dir) {
-        sandbox::kill_recorded(&dir);
-        if let Err(e) = crate::mounts::remove_dir_unmounted(&dir) {
-            log::warn!("removing {}: {e}", dir.display());
-        }
+    sandbox::kill_recorded(&dir);
+    if let Err(e) = crate::mounts::remove_dir_unmounted(&dir) {
+        log::warn!("removing {}: {e}", dir.display());
     }
     unmount_rootfs(&bundle.join("rootfs"));
 }

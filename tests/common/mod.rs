@@ -46,6 +46,23 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     root
 }
 
+/// Writes `files` files of `mib` MiB each under `dir` that no compressor can shrink
+/// (xorshift output), for images whose size matters.
+pub fn write_incompressible(dir: &Path, files: usize, mib: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut chunk = vec![0u8; mib << 20];
+    for i in 0..files {
+        for b in chunk.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+        }
+        std::fs::write(dir.join(format!("part{i}")), &chunk).unwrap();
+    }
+}
+
 /// A RAFS image built by nydus-image from a directory, with a localfs backend.
 pub struct RafsImage {
     /// The bootstrap (metadata) file.

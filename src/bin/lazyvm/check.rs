@@ -94,7 +94,7 @@ pub fn check(config: &Config) -> ExitCode {
     };
     r.line(true, true, "machine", machine);
     if qemu.machine == Machine::Microvm {
-        match lazyvm::hypervisor::host_tsc_khz().or(qemu.tsc_khz) {
+        match qemu.tsc_khz.or_else(lazyvm::hypervisor::host_tsc_khz) {
             Some(khz) => r.line(true, true, "tsc", format!("{khz} kHz (tsc_early_khz)")),
             None => r.line(false, true, "tsc", "unknown: set hypervisor.tsc_khz"),
         }
