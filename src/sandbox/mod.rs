@@ -31,8 +31,12 @@ pub const RUN_DIR: &str = "/run/lazyvm";
 pub const GUEST_SHARED: &str = "/run/lazyvm/shared";
 /// Where the guest builds container root filesystems.
 pub const GUEST_CONTAINERS: &str = "/run/lazyvm/containers";
-/// How long the guest may take to boot until its agent answers.
-pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the guest may take to boot until its agent answers (per attempt).
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times the VM is booted before the sandbox start fails. Under TCG a boot
+/// sometimes stalls before the guest prints anything (seen in about 1 of 50 boots here);
+/// a fresh VM then comes up normally.
+const BOOT_ATTEMPTS: u32 = 2;
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest sandbox directory name that keeps every socket path within `sun_path`.
 const MAX_KEY_LEN: usize = 64;
@@ -255,7 +259,22 @@ impl Sandbox {
             timings: StartTimings::default(),
             console_follower: None,
         };
-        match sandbox.boot(&spec, Arc::new(fail_tx)).await {
+        let fail_tx = Arc::new(fail_tx);
+        let mut attempt = 1;
+        let booted = loop {
+            match sandbox.boot(&spec, fail_tx.clone()).await {
+                Err(e @ SandboxError::AgentUnreachable { .. }) if attempt < BOOT_ATTEMPTS => {
+                    log::warn!(
+                        "sandbox {}: boot attempt {attempt} failed, booting a fresh VM: {e}",
+                        sandbox.id
+                    );
+                    sandbox.stop_helpers().await;
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        match booted {
             Ok(()) => {
                 sandbox.timings.total = started.elapsed();
                 log::info!(
@@ -296,7 +315,7 @@ impl Sandbox {
                 let _ = tx.send(Some(reason));
             })
         };
-        std::fs::create_dir(&self.shared).map_err(|source| SandboxError::Dir {
+        std::fs::create_dir_all(&self.shared).map_err(|source| SandboxError::Dir {
             path: self.shared.clone(),
             source,
         })?;
@@ -583,15 +602,24 @@ impl Sandbox {
     }
 
     async fn teardown(&mut self) {
-        if let Some(follower) = self.console_follower.take() {
-            follower.abort();
-        }
         if let Some(agent) = self.agent.take() {
             match tokio::time::timeout(DESTROY_TIMEOUT, agent.destroy_sandbox()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => log::warn!("sandbox {}: {e}", self.id),
                 Err(_) => log::warn!("sandbox {}: DestroySandbox timed out", self.id),
             }
+        }
+        self.stop_helpers().await;
+        self.containers.clear();
+        if let Err(e) = mounts::remove_dir_unmounted(&self.dir) {
+            log::warn!("sandbox {}: {e}", self.id);
+        }
+    }
+
+    /// Stops QEMU, vhost-device-vsock and nydusd, in that order; the directory stays.
+    async fn stop_helpers(&mut self) {
+        if let Some(follower) = self.console_follower.take() {
+            follower.abort();
         }
         if let Some(qemu) = self.qemu.take() {
             if let Err(e) = qemu.stop().await {
@@ -605,10 +633,6 @@ impl Sandbox {
             if let Err(e) = nydusd.stop().await {
                 log::warn!("sandbox {}: stopping nydusd: {e}", self.id);
             }
-        }
-        self.containers.clear();
-        if let Err(e) = mounts::remove_dir_unmounted(&self.dir) {
-            log::warn!("sandbox {}: {e}", self.id);
         }
     }
 }
