@@ -51,9 +51,10 @@ demo: deps guest
 	$(CARGO) run --release --example demo
 
 ## Benchmarks, each against a baseline in the same run: boot (minimal vs Debian guest
-## kernel) and ctr (ctr run with lazyvm vs runc).
+## kernel), ctr (ctr run with lazyvm vs runc) and pod (a CRI pod's start to its first
+## output line, lazyvm vs runc).
 bench: deps guest
-	$(CARGO) bench --bench boot --bench ctr
+	$(CARGO) bench --bench boot --bench ctr --bench pod
 
 clean:
 	$(CARGO) clean

@@ -5,7 +5,7 @@
 #   vmlinux-debian             Debian's kernel, uncompressed (fast PVH boots under TCG)
 #   initramfs-debian.cpio.gz   the same plus the modules Debian's kernel needs
 # Debian's kernel package is fetched with `apt-get download`, unpacked with `dpkg -x`
-# (never installed) and cached in $LAZYVM_CACHE/debian-kernel-<package>-<version>/.
+# (never installed) and cached in $LAZYVM_CACHE/debian-kernel-<package>-<version>-<modules hash>/.
 # Environment: LAZYVM_CACHE (default /var/cache/lazyvm), LAZYVM_GUEST_BUSYBOX=0 to leave
 # busybox out, LAZYVM_GUEST_KERNELS="minimal debian" (either or both).
 set -euo pipefail
@@ -19,7 +19,7 @@ TARGET=x86_64-unknown-linux-gnu
 CRUN=/usr/bin/crun
 # Modules Debian's kernel needs (their dependencies are added).
 MODULES=(virtio_pci virtio_mmio vsock vmw_vsock_virtio_transport_common
-         vmw_vsock_virtio_transport fuse virtiofs overlay)
+         vmw_vsock_virtio_transport fuse virtiofs overlay virtio_net)
 
 size() { echo "$(( ($(stat -c %s "$1") + 1023) / 1024 )) KiB"; }
 die() { echo "build-guest: $*" >&2; exit 1; }
@@ -81,7 +81,8 @@ if [[ " $KERNELS " == *" debian "* ]]; then
         | awk '/Depends: linux-image-6\.1.*-amd64$/{print $2; exit}')
   [ -n "$pkg" ] || die "cannot find the linux-image-6.1.*-amd64 package (apt-get update?)"
   version=$(apt-cache show --no-all-versions "$pkg" | awk '/^Version:/{print $2; exit}')
-  kdir="$CACHE/debian-kernel-$pkg-$version"
+  # Keyed by the module list too: a new module needs a new extraction.
+  kdir="$CACHE/debian-kernel-$pkg-$version-$(echo "${MODULES[*]}" | sha256sum | cut -c1-8)"
   exec 9>"$kdir.lock"
   flock 9
   if [ ! -f "$kdir/vmlinux" ]; then

@@ -6,6 +6,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 PACKAGES=(
   # runtime
   qemu-system-x86 containerd runc fuse3 iproute2
+  # CRI pod networking in the tests (bridge, host-local, loopback in /usr/lib/cni)
+  containernetworking-plugins
   # guest image
   busybox-static crun cpio linux-source-6.1 flex bison bc libelf-dev xz-utils
   # building nydus, the agent protocol

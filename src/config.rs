@@ -10,6 +10,8 @@
 //! machine = "microvm"                 # microvm | pc
 //! vcpus = 1
 //! memory_mib = 512
+//! max_vcpus = 0                       # most a pod may ask for; 0: the host's CPUs
+//! max_memory_mib = 0                  # most a pod may ask for; 0: the host's memory
 //! kernel = "/usr/local/share/lazyvm/vmlinux"
 //! initramfs = "/usr/local/share/lazyvm/initramfs.cpio.gz"
 //! kernel_params = []
@@ -95,6 +97,10 @@ pub struct HypervisorConfig {
     pub vcpus: u32,
     /// Memory per VM, MiB.
     pub memory_mib: u32,
+    /// The most vCPUs a pod may ask for (annotations, CRI limits); 0: the host's CPUs.
+    pub max_vcpus: u32,
+    /// The most memory (MiB) a pod may ask for; 0: the host's memory.
+    pub max_memory_mib: u32,
     /// The guest kernel.
     pub kernel: PathBuf,
     /// The guest initramfs.
@@ -113,12 +119,46 @@ impl Default for HypervisorConfig {
             machine: Machine::Microvm,
             vcpus: 1,
             memory_mib: 512,
+            max_vcpus: 0,
+            max_memory_mib: 0,
             kernel: Path::new(SHARE_DIR).join("vmlinux"),
             initramfs: Path::new(SHARE_DIR).join("initramfs.cpio.gz"),
             kernel_params: Vec::new(),
             tsc_khz: None,
         }
     }
+}
+
+impl HypervisorConfig {
+    /// `max_vcpus`, with 0 resolved to this host's CPU count.
+    pub fn max_vcpus(&self) -> u32 {
+        match self.max_vcpus {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            n => n,
+        }
+    }
+
+    /// `max_memory_mib`, with 0 resolved to this host's memory.
+    pub fn max_memory_mib(&self) -> u32 {
+        match self.max_memory_mib {
+            0 => host_memory_mib().unwrap_or(u32::MAX),
+            n => n,
+        }
+    }
+}
+
+fn host_memory_mib() -> Option<u32> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    u32::try_from(kib / 1024).ok()
 }
 
 /// The `[nydusd]` table.
@@ -248,6 +288,8 @@ mod tests {
         assert!(!c.debug);
         assert_eq!(c.hypervisor.vcpus, 1);
         assert_eq!(c.hypervisor.memory_mib, 512);
+        assert!(c.hypervisor.max_vcpus() >= 1);
+        assert!(c.hypervisor.max_memory_mib() >= 512);
         assert_eq!(c.hypervisor.machine, Machine::Microvm);
         assert_eq!(c.hypervisor.accel, AccelSetting::Auto);
         assert_eq!(c.nydusd.path, PathBuf::from("/usr/local/bin/nydusd"));

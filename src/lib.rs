@@ -9,12 +9,14 @@
 //! - [`hypervisor`] runs the VM: QEMU and vhost-device-vsock;
 //! - [`agent`] is the host side of the guest agent protocol (ttrpc over hybrid vsock);
 //! - [`config`] is the runtime configuration (TOML with defaults);
+//! - [`network`] connects a pod's network namespace to the VM (taps, tc redirects);
 //! - [`process`] supervises the helper processes; [`mounts`] handles host mounts.
 
 pub mod agent;
 pub mod config;
 pub mod hypervisor;
 pub mod mounts;
+pub mod network;
 pub mod nydusd;
 pub mod process;
 pub mod rootfs;

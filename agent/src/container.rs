@@ -23,7 +23,8 @@ pub struct Process {
     pub stdout: Arc<Output>,
     /// Buffered stderr (empty for a terminal).
     pub stderr: Arc<Output>,
-    pty: Option<Arc<File>>,
+    /// The pty master of a terminal process (until the process is removed).
+    pty: Mutex<Option<Arc<File>>>,
 }
 
 /// The agent's ends of a new process's stdio, made before the process exists.
@@ -54,8 +55,8 @@ impl PendingIo {
         let (err_r, err_w) = stdio::pipe()?;
         let stdout = Arc::new(Output::default());
         let stderr = Arc::new(Output::default());
-        stdout.spawn_reader(out_r);
-        stderr.spawn_reader(err_r);
+        stdout.spawn_reader(out_r)?;
+        stderr.spawn_reader(err_r)?;
         Ok((
             PendingIo {
                 stdin: Some(in_w),
@@ -82,7 +83,7 @@ impl PendingIo {
         let (stdin, pty) = match (self.terminal, master) {
             (true, Some(m)) => {
                 let reader = stdio::dup(&m)?;
-                self.stdout.spawn_reader(reader);
+                self.stdout.spawn_reader(reader)?;
                 let f = Arc::new(File::from(m));
                 (Some(Stdin::Pty(Arc::clone(&f))), Some(f))
             }
@@ -102,7 +103,7 @@ impl PendingIo {
             stdin: Mutex::new(stdin),
             stdout: self.stdout,
             stderr: self.stderr,
-            pty,
+            pty: Mutex::new(pty),
         }))
     }
 
@@ -142,18 +143,20 @@ impl Process {
         Ok(len)
     }
 
-    /// Closes stdin. Closing twice is fine.
+    /// Closes stdin. Closing twice is fine, and so is closing after the exit (a pty then
+    /// gets no ^D: nobody would read it).
     pub fn close_stdin(&self) -> Result<(), StdioError> {
         let taken = self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
         match taken {
-            Some(s) => s.close(),
-            None => Ok(()),
+            Some(s) if self.exited().is_none() => s.close(),
+            _ => Ok(()),
         }
     }
 
     /// Sets the pty size; false when the process has no terminal.
     pub fn resize(&self, rows: u16, cols: u16) -> std::io::Result<bool> {
-        let Some(pty) = &self.pty else {
+        let guard = self.pty.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(pty) = guard.as_ref() else {
             return Ok(false);
         };
         let ws = libc::winsize {
@@ -171,11 +174,13 @@ impl Process {
         Ok(true)
     }
 
-    /// Drops buffered output (on removal).
+    /// Releases the process's stdio on removal: drops buffered output, stops the output
+    /// readers (closing their descriptors), closes stdin and the pty master.
     pub fn discard_output(&self) {
         self.stdout.discard();
         self.stderr.discard();
         let _ = self.close_stdin();
+        self.pty.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 

@@ -14,6 +14,7 @@ mod init;
 mod logger;
 mod modules;
 mod mount;
+mod network;
 mod reaper;
 mod rootfs;
 mod runtime;

@@ -15,12 +15,17 @@ use ttrpc::{Code, Error as TtrpcError};
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::container::{Container, PendingIo, Process};
 use crate::mount::{self, MountError, CONTAINERS_DIR};
+use crate::network::{NetworkConfig, NetworkError};
 use crate::runtime::{Crun, RuntimeError};
-use crate::spec::{self, SpecError};
+use crate::spec::{self, SandboxNamespace, SpecError, Sysctl};
 use crate::stdio::StdioError;
 
 /// Where the virtio-fs share is mounted.
 pub const SHARED_DIR: &str = "/run/lazyvm/shared";
+/// The pod's shared memory (a tmpfs); the pod's containers bind it at /dev/shm.
+pub const POD_SHM_DIR: &str = "/run/lazyvm/pod/shm";
+/// Size of the pod's shared memory when CreateSandbox leaves it 0.
+const DEFAULT_SHM_SIZE: u64 = 64 << 20;
 /// How often cgroups are checked for OOM kills.
 const OOM_POLL: Duration = Duration::from_millis(250);
 
@@ -54,6 +59,21 @@ pub enum ServiceError {
     /// cgroup access failed.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// Network configuration failed.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// Writing a sysctl failed.
+    #[error("writing sysctl {name}={value:?} ({path}): {source}")]
+    Sysctl {
+        /// The sysctl.
+        name: String,
+        /// The value.
+        value: String,
+        /// Its /proc/sys file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// Some other I/O failed.
     #[error("{what}: {source}")]
     Io {
@@ -74,6 +94,15 @@ impl ServiceError {
             | ServiceError::Mount(MountError::Invalid(_)) => Code::INVALID_ARGUMENT,
             ServiceError::Precondition(_) => Code::FAILED_PRECONDITION,
             ServiceError::Stdio(StdioError::Closed) => Code::FAILED_PRECONDITION,
+            ServiceError::Network(e) => match e {
+                NetworkError::Invalid { .. } => Code::INVALID_ARGUMENT,
+                NetworkError::MacNotFound { .. } | NetworkError::DeviceNotFound { .. } => {
+                    Code::NOT_FOUND
+                }
+                NetworkError::Conflict(_) => Code::FAILED_PRECONDITION,
+                e if e.already_exists() => Code::ALREADY_EXISTS,
+                _ => Code::INTERNAL,
+            },
             _ => Code::INTERNAL,
         }
     }
@@ -96,6 +125,8 @@ type Result<T> = std::result::Result<T, ServiceError>;
 struct SandboxState {
     created: bool,
     share_mounted: bool,
+    /// Size of the mounted pod shm tmpfs.
+    shm_size: Option<u64>,
 }
 
 /// The agent's state and RPC implementation.
@@ -144,6 +175,14 @@ impl AgentService {
         svc
     }
 
+    /// How many processes (container inits and execs) the agent keeps an entry for.
+    fn tracked_processes(&self) -> u32 {
+        self.lock_containers()
+            .values()
+            .map(|c| 1 + c.execs.lock().unwrap_or_else(|p| p.into_inner()).len() as u32)
+            .sum()
+    }
+
     fn lock_containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -178,8 +217,67 @@ impl AgentService {
             sb.share_mounted = true;
             log::info!("virtio-fs {tag} mounted at {SHARED_DIR}");
         }
+        let size = if req.shm_size == 0 {
+            DEFAULT_SHM_SIZE
+        } else {
+            req.shm_size
+        };
+        if sb.shm_size != Some(size) {
+            let mut options: Vec<String> = ["nosuid", "nodev", "noexec", "mode=1777"]
+                .map(String::from)
+                .into();
+            options.push(format!("size={size}"));
+            if sb.shm_size.is_some() {
+                options.push("remount".to_owned());
+            }
+            mount::mount_storage("tmpfs", "shm", &options, Path::new(POD_SHM_DIR))?;
+            sb.shm_size = Some(size);
+            log::info!("pod shm ({size} bytes) mounted at {POD_SHM_DIR}");
+        }
         sb.created = true;
         Ok(())
+    }
+
+    async fn update_network(&self, req: UpdateNetworkRequest) -> Result<()> {
+        let config = NetworkConfig::parse(&req)?;
+        let sb = self.sandbox.lock().await;
+        if !sb.created {
+            return Err(ServiceError::Precondition(
+                "CreateSandbox must come first".to_owned(),
+            ));
+        }
+        config.apply().await?;
+        drop(sb);
+        Ok(())
+    }
+
+    /// The init pid of the sandbox container whose namespaces a spec joins.
+    fn sandbox_init_pid(&self, sandbox_id: &str, joined: &[SandboxNamespace]) -> Result<i32> {
+        let names: Vec<&str> = joined.iter().map(|n| n.name()).collect();
+        let names = names.join(", ");
+        if sandbox_id.is_empty() {
+            return Err(ServiceError::Precondition(format!(
+                "the spec joins the pod's {names} namespace(s) but sandbox_container_id is empty"
+            )));
+        }
+        spec::check_id("sandbox container id", sandbox_id)?;
+        let sandbox = self
+            .lock_containers()
+            .get(sandbox_id)
+            .cloned()
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!(
+                    "sandbox container {sandbox_id} (whose {names} namespace(s) the spec joins)"
+                ))
+            })?;
+        if let Some(st) = sandbox.init.exited() {
+            return Err(ServiceError::Precondition(format!(
+                "sandbox container {sandbox_id} has exited (status {}): its {names} \
+                 namespace(s) are gone",
+                st.code
+            )));
+        }
+        Ok(sandbox.init.pid)
     }
 
     async fn destroy_sandbox(&self) -> Result<()> {
@@ -192,6 +290,10 @@ impl AgentService {
             }
         }
         let mut sb = self.sandbox.lock().await;
+        if sb.shm_size.is_some() {
+            mount::umount(Path::new(POD_SHM_DIR))?;
+            sb.shm_size = None;
+        }
         if sb.share_mounted {
             mount::umount(Path::new(SHARED_DIR))?;
             sb.share_mounted = false;
@@ -221,7 +323,7 @@ impl AgentService {
         } else {
             req.rootfs.clone()
         };
-        let spec = spec::rewrite_spec(&req.oci_spec, cid, &rootfs)?;
+        let mut spec = spec::rewrite_spec(&req.oci_spec, cid, &rootfs)?;
         for s in &req.storages {
             mount::check_under(&s.mount_point, &dir)?;
         }
@@ -231,6 +333,11 @@ impl AgentService {
                 dir.display()
             )));
         }
+        if !spec.sandbox_namespaces.is_empty() {
+            let pid = self.sandbox_init_pid(&req.sandbox_container_id, &spec.sandbox_namespaces)?;
+            spec.join_sandbox(pid);
+        }
+        write_sysctls(&spec.vm_sysctls)?;
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
 
         let mut mounted: Vec<PathBuf> = Vec::new();
@@ -439,9 +546,44 @@ impl AgentService {
     }
 }
 
+/// Writes sysctls for the whole VM, in order (an unknown one is an error: its file is
+/// never created).
+fn write_sysctls(list: &[Sysctl]) -> Result<()> {
+    use std::io::Write as _;
+    for s in list {
+        let path = s.path();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(s.value.as_bytes()))
+            .map_err(|source| ServiceError::Sysctl {
+                name: s.name.clone(),
+                value: s.value.clone(),
+                path: path.display().to_string(),
+                source,
+            })?;
+        log::info!("sysctl {}={:?}", s.name, s.value);
+    }
+    Ok(())
+}
+
 /// Adapts the service to the generated ttrpc trait.
 #[derive(Clone)]
 pub struct Handler(pub Arc<AgentService>);
+
+/// The agent's resident memory (VmRSS of /proc/self/status), in bytes.
+fn self_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or_default()
+}
 
 fn uname_release() -> String {
     nix::sys::utsname::uname()
@@ -466,6 +608,11 @@ impl Agent for Handler {
         Ok(HealthResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel: uname_release(),
+            rss_bytes: self_rss_bytes(),
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .map(|d| d.count() as u32)
+                .unwrap_or_default(),
+            tracked_processes: self.0.tracked_processes(),
             ..Default::default()
         })
     }
@@ -484,6 +631,14 @@ impl Agent for Handler {
         _: DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
         log_err("DestroySandbox", self.0.destroy_sandbox().await).map(|_| empty())
+    }
+
+    async fn update_network(
+        &self,
+        _: &TtrpcContext,
+        r: UpdateNetworkRequest,
+    ) -> ttrpc::Result<Empty> {
+        log_err("UpdateNetwork", self.0.update_network(r).await).map(|_| empty())
     }
 
     async fn create_container(

@@ -1,5 +1,7 @@
 //! Process stdio in the agent: output is read by a thread per stream into a bounded
 //! buffer (so the host may read late and lose nothing), stdin is a pipe or the pty master.
+//! Discarding a stream stops its thread and closes its descriptor at once, even while a
+//! leftover descendant of the process still holds the other end open.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -7,6 +9,8 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::Notify;
 
 /// Largest amount of unread output kept per stream; the producer then waits (the
@@ -42,6 +46,8 @@ pub struct Output {
     state: Mutex<State>,
     readable: Notify,
     writable: Condvar,
+    /// The reader thread's stop signal, while it runs.
+    stop: Mutex<Option<Arc<EventFd>>>,
 }
 
 impl Output {
@@ -76,13 +82,18 @@ impl Output {
         self.readable.notify_one();
     }
 
-    /// Drops buffered and future output (the container is removed).
+    /// Drops buffered and future output (the process is removed) and stops the reader
+    /// thread, which closes its descriptor.
     pub fn discard(&self) {
         let mut s = self.lock();
         s.discarded = true;
         s.buf.clear();
         s.eof = true;
         drop(s);
+        if let Some(stop) = self.stop_signal().take() {
+            // Cannot fail short of a counter overflow; the reader then stops at EOF.
+            let _ = stop.arm();
+        }
         self.writable.notify_all();
         self.readable.notify_one();
     }
@@ -114,14 +125,37 @@ impl Output {
         }
     }
 
-    /// Starts a thread copying `source` into this buffer until EOF (or EIO: a pty whose
-    /// other side is closed).
-    pub fn spawn_reader(self: &Arc<Self>, source: OwnedFd) {
+    fn stop_signal(&self) -> std::sync::MutexGuard<'_, Option<Arc<EventFd>>> {
+        self.stop.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the thread copying `source` into this buffer until EOF (or EIO: a pty whose
+    /// other side is closed), or until [`Output::discard`]. One reader per buffer.
+    pub fn spawn_reader(self: &Arc<Self>, source: OwnedFd) -> Result<(), StdioError> {
+        let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC)
+            .map(Arc::new)
+            .map_err(|e| StdioError::Setup(e.into()))?;
+        *self.stop_signal() = Some(Arc::clone(&stop));
         let out = Arc::clone(self);
-        let mut file = File::from(source);
         std::thread::spawn(move || {
+            let mut file = File::from(source);
             let mut chunk = vec![0u8; DEFAULT_CHUNK];
             loop {
+                let mut fds = [
+                    PollFd::new(file.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::Error::EINTR) => continue,
+                    Err(_) => break,
+                }
+                if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                    break;
+                }
+                if fds[0].revents().is_none_or(|r| r.is_empty()) {
+                    continue;
+                }
                 match file.read(&mut chunk) {
                     Ok(0) => break,
                     Ok(n) => {
@@ -134,7 +168,12 @@ impl Output {
                 }
             }
             out.finish();
+            let mut signal = out.stop_signal();
+            if signal.as_ref().is_some_and(|s| Arc::ptr_eq(s, &stop)) {
+                signal.take();
+            }
         });
+        Ok(())
     }
 }
 
@@ -156,11 +195,15 @@ impl Stdin {
         .map_err(StdioError::Write)
     }
 
-    /// Closes stdin: the pipe is closed; on a pty, EOF (^D) is sent.
+    /// Closes stdin: the pipe is closed; on a pty, EOF (^D) is sent (unless nobody holds
+    /// the terminal any more: EIO).
     pub fn close(self) -> Result<(), StdioError> {
         match self {
             Stdin::Pipe(f) => drop(f),
-            Stdin::Pty(f) => (&*f).write_all(&[4]).map_err(StdioError::Write)?,
+            Stdin::Pty(f) => match (&*f).write_all(&[4]) {
+                Err(e) if e.raw_os_error() != Some(libc::EIO) => return Err(StdioError::Write(e)),
+                _ => {}
+            },
         }
         Ok(())
     }
@@ -184,7 +227,7 @@ mod tests {
     async fn buffers_until_read_then_eof() {
         let out = Arc::new(Output::default());
         let (r, w) = pipe().unwrap();
-        out.spawn_reader(r);
+        out.spawn_reader(r).unwrap();
         let mut w = File::from(w);
         w.write_all(b"hello ").unwrap();
         w.write_all(b"world").unwrap();
@@ -210,5 +253,30 @@ mod tests {
         out.discard();
         assert!(out.read(10).await.is_empty());
         assert!(!out.push(b"y"));
+    }
+
+    #[tokio::test]
+    async fn discard_stops_the_reader_while_the_writer_lives() {
+        let out = Arc::new(Output::default());
+        let (r, w) = pipe().unwrap();
+        out.spawn_reader(r).unwrap();
+        let mut w = File::from(w);
+        w.write_all(b"x").unwrap();
+        assert_eq!(out.read(10).await, b"x");
+        out.discard();
+        // The reader thread closes the read end: writing then fails with EPIPE (the
+        // test binary ignores SIGPIPE, as Rust programs do).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match w.write_all(b"y") {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                Err(e) => panic!("unexpected {e}"),
+                Ok(()) => {
+                    assert!(std::time::Instant::now() < deadline, "reader still open");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+        assert!(out.read(10).await.is_empty());
     }
 }

@@ -1,20 +1,19 @@
 //! Boots the guest image (build/guest/, from `make guest`) under QEMU/TCG with the real
-//! nydusd (virtio-fs) and vhost-device-vsock, talks to the agent with the generated ttrpc
-//! client over hybrid vsock, and runs busybox containers through it.
+//! nydusd (virtio-fs) and vhost-device-vsock, started by the production launch code
+//! (`lazyvm::sandbox::Sandbox`), talks to the agent with the generated ttrpc client over
+//! hybrid vsock, and runs busybox containers through it.
 //!
 //! Needs root, qemu-system-x86_64, nydusd, vhost-device-vsock, busybox and the guest
 //! image. Without the image (or tools) the test says so and passes, unless
-//! LAZYVM_REQUIRE_GUEST=1. Every process it starts is stopped by pid, also on failure.
+//! LAZYVM_REQUIRE_GUEST=1. Every process it starts is stopped by pid, also on failure
+//! (the sandbox's helpers are killed when it is dropped).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lazyvm_proto::agent::*;
 use lazyvm_proto::agent_ttrpc::AgentClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 use ttrpc::context;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,139 +33,10 @@ fn which(bin: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The host TSC frequency in kHz (the minimal kernel needs it on microvm).
-fn tsc_khz() -> Option<u64> {
-    if let Ok(t) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz") {
-        return t.trim().parse().ok();
-    }
-    let from_mhz = |s: &str| s.trim().parse::<f64>().ok().map(|m| (m * 1000.0) as u64);
-    if let Ok(out) = Command::new("dmesg").output() {
-        let text = String::from_utf8_lossy(&out.stdout);
-        for line in text.lines() {
-            if let Some(rest) = line.split("tsc: Detected ").nth(1) {
-                if let Some(mhz) = rest.split(" MHz").next() {
-                    return from_mhz(mhz);
-                }
-            }
-        }
-    }
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
-    from_mhz(line.split(':').nth(1)?)
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Kernel {
     Minimal,
     Debian,
-}
-
-/// Processes started by the test; killed (by pid) and reaped on drop.
-struct Procs {
-    children: Vec<(&'static str, Child)>,
-    dir: PathBuf,
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        // QEMU first (it holds the vhost-user connections), then the daemons.
-        for (name, child) in self.children.iter_mut().rev() {
-            if let Err(e) = child.kill() {
-                eprintln!("stopping {name} (pid {}): {e}", child.id());
-            }
-            let _ = child.wait();
-        }
-        if std::env::var("LAZYVM_KEEP").as_deref() == Ok("1") {
-            eprintln!("kept {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn spawn(procs: &mut Procs, name: &'static str, cmd: &mut Command) -> Result<(), BoxError> {
-    let log = std::fs::File::create(procs.dir.join(format!("{name}.log")))?;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("starting {name}: {e}"))?;
-    procs.children.push((name, child));
-    Ok(())
-}
-
-async fn wait_for_socket(path: &Path) -> Result<(), BoxError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        if Instant::now() > deadline {
-            return Err(format!("{} did not appear", path.display()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-/// One HTTP request to nydusd's API socket; returns the status code.
-async fn nydusd_api(sock: &Path, method: &str, path: &str, body: &str) -> Result<u16, BoxError> {
-    let mut s = UnixStream::connect(sock).await?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    // Read the status line only (nydusd may keep the connection open).
-    let mut resp = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !resp.windows(2).any(|w| w == b"\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await??;
-        if n == 0 {
-            break;
-        }
-        resp.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&resp);
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad response from nydusd: {text}"))?;
-    Ok(code)
-}
-
-/// Hybrid vsock: connect, `CONNECT 1024\n`, expect `OK ...\n`. Retries while the guest
-/// boots.
-async fn connect_agent(uds: &Path, deadline: Instant) -> Result<UnixStream, BoxError> {
-    loop {
-        let attempt = async {
-            let mut s = UnixStream::connect(uds).await?;
-            s.write_all(b"CONNECT 1024\n").await?;
-            let mut line = Vec::new();
-            let mut b = [0u8; 1];
-            loop {
-                if s.read(&mut b).await? == 0 {
-                    return Err::<UnixStream, BoxError>("closed before OK".into());
-                }
-                if b[0] == b'\n' {
-                    break;
-                }
-                line.push(b[0]);
-            }
-            if !line.starts_with(b"OK") {
-                return Err(
-                    format!("unexpected reply {:?}", String::from_utf8_lossy(&line)).into(),
-                );
-            }
-            Ok(s)
-        };
-        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
-            Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) if Instant::now() > deadline => return Err(e),
-            Err(_) if Instant::now() > deadline => return Err("connect timed out".into()),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
 }
 
 fn ctx() -> context::Context {
@@ -225,13 +95,65 @@ fn busybox_rootfs(dir: &Path) -> Result<(), BoxError> {
     }
     std::fs::copy(&busybox, dir.join("bin/busybox"))?;
     for applet in [
-        "sh", "echo", "cat", "sleep", "hostname", "tty", "kill", "ls",
+        "sh", "echo", "cat", "sleep", "hostname", "tty", "kill", "ls", "readlink", "true",
     ] {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
     }
     let mut f = std::fs::File::create(dir.join("etc/passwd"))?;
     writeln!(f, "root:x:0:0:root:/:/bin/sh")?;
     Ok(())
+}
+
+/// A spec for a pod's container: [`spec`] with the given namespaces and sysctls, and
+/// with the pod's shm (/run/lazyvm/pod/shm) bound at /dev/shm.
+fn pod_spec(
+    args: &[&str],
+    hostname: &str,
+    namespaces: serde_json::Value,
+    sysctl: serde_json::Value,
+) -> Vec<u8> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&spec(args, false, hostname)).expect("spec() is JSON");
+    v["linux"]["namespaces"] = namespaces;
+    v["linux"]["sysctl"] = sysctl;
+    if let Some(mounts) = v["mounts"].as_array_mut() {
+        mounts.push(serde_json::json!({
+            "destination": "/dev/shm", "type": "bind", "source": "/run/lazyvm/pod/shm",
+            "options": ["rbind", "rw", "nosuid", "nodev", "noexec"]
+        }));
+    }
+    v.to_string().into_bytes()
+}
+
+/// Namespaces as a CRI app container's spec names them: host paths.
+fn host_ns(types: &[&str]) -> serde_json::Value {
+    let mut list: Vec<serde_json::Value> = types
+        .iter()
+        .map(|t| {
+            let file = if *t == "network" { "net" } else { t };
+            serde_json::json!({"type": t, "path": format!("/proc/4242/ns/{file}")})
+        })
+        .collect();
+    list.push(serde_json::json!({"type": "mount"}));
+    serde_json::Value::Array(list)
+}
+
+/// The status code and message of a call that must fail.
+fn status_of<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> Result<(ttrpc::Code, String), BoxError> {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => Ok((s.code(), s.message().to_owned())),
+        other => Err(format!("expected an error status, got {other:?}").into()),
+    }
+}
+
+/// An exec'd process running `script` (optionally on a terminal).
+fn exec_process(script: &str, terminal: bool) -> Vec<u8> {
+    serde_json::json!({
+        "args": ["sh", "-c", script], "terminal": terminal, "env": ["PATH=/bin"],
+        "cwd": "/", "user": {"uid": 0, "gid": 0}
+    })
+    .to_string()
+    .into_bytes()
 }
 
 struct Agent {
@@ -269,6 +191,73 @@ impl Agent {
             )
             .await?;
         Ok(r.pid)
+    }
+
+    /// CreateContainer with a sandbox container and the busybox rootfs; returns the
+    /// raw result.
+    async fn create_in_pod(
+        &self,
+        cid: &str,
+        spec: Vec<u8>,
+        sandbox: &str,
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        self.client
+            .create_container(
+                ctx(),
+                &CreateContainerRequest {
+                    container_id: cid.into(),
+                    storages: vec![Storage {
+                        fstype: "bind".into(),
+                        source: "/run/lazyvm/shared/containers/busybox".into(),
+                        options: vec!["rbind".into(), "ro".into()],
+                        mount_point: format!("/run/lazyvm/containers/{cid}/rootfs"),
+                        ..Default::default()
+                    }],
+                    oci_spec: spec,
+                    sandbox_container_id: sandbox.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+    }
+
+    async fn exec(&self, cid: &str, exec_id: &str, process: Vec<u8>) -> Result<u32, BoxError> {
+        let r = self
+            .client
+            .exec_process(
+                ctx(),
+                &ExecProcessRequest {
+                    container_id: cid.into(),
+                    exec_id: exec_id.into(),
+                    process,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(r.pid)
+    }
+
+    /// exec + wait + stdout.
+    async fn exec_output(
+        &self,
+        cid: &str,
+        exec_id: &str,
+        script: &str,
+    ) -> Result<String, BoxError> {
+        self.exec(cid, exec_id, exec_process(script, false)).await?;
+        let code = self.wait(cid, exec_id).await?;
+        let out = self.read_all(cid, exec_id, false).await?;
+        let err = self.read_all(cid, exec_id, true).await?;
+        if code != 0 {
+            return Err(format!("exec {script:?} exited with {code}: {out}{err}").into());
+        }
+        let req = RemoveProcessRequest {
+            container_id: cid.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        self.client.remove_process(ctx(), &req).await?;
+        Ok(out)
     }
 
     async fn start(&self, cid: &str) -> Result<(), BoxError> {
@@ -379,98 +368,41 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
         return Ok(());
     }
 
-    let dir = PathBuf::from(format!("/tmp/lvt-{}-{kernel:?}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("shared"))?;
-    let mut procs = Procs {
-        children: Vec::new(),
-        dir: dir.clone(),
-    };
-    busybox_rootfs(&dir.join("shared/busybox"))?;
-
-    let (vhost_vsock, uds) = (dir.join("vhost-vsock.sock"), dir.join("vsock.sock"));
-    let (fs_sock, api_sock) = (dir.join("fs.sock"), dir.join("api.sock"));
-    spawn(
-        &mut procs,
-        "vhost-device-vsock",
-        Command::new("vhost-device-vsock")
-            .arg("--guest-cid=3")
-            .arg(format!("--socket={}", vhost_vsock.display()))
-            .arg(format!("--uds-path={}", uds.display())),
-    )?;
-    spawn(
-        &mut procs,
-        "nydusd",
-        Command::new("nydusd")
-            .arg("virtiofs")
-            .arg("--sock")
-            .arg(&fs_sock)
-            .arg("--apisock")
-            .arg(&api_sock)
-            .args(["--rlimit-nofile", "0"]),
-    )?;
-    wait_for_socket(&api_sock).await?;
-    wait_for_socket(&vhost_vsock).await?;
-    let body = format!(
-        r#"{{"fs_type":"passthrough_fs","source":"{}","config":""}}"#,
-        dir.join("shared").display()
-    );
-    let code = nydusd_api(
-        &api_sock,
-        "POST",
-        "/api/v1/mount?mountpoint=/containers",
-        &body,
-    )
-    .await?;
-    assert_eq!(code, 204, "nydusd passthrough mount");
-
-    let (machine, append) = match kernel {
-        Kernel::Minimal => (
-            "microvm,pit=on,pcie=on,rtc=on,acpi=on",
-            format!(
-                "console=ttyS0 panic=-1 tsc_early_khz={}",
-                tsc_khz().ok_or("cannot find the host TSC frequency")?
-            ),
-        ),
-        Kernel::Debian => ("pc", "console=ttyS0 panic=-1".to_owned()),
+    // The VM is started by the production launch code (nydusd, vhost-device-vsock and
+    // QEMU with the shim's command lines, the agent connection, CreateSandbox), so what
+    // this test proves is what runs.
+    let run_dir = PathBuf::from(format!("/tmp/lvt-{}-{kernel:?}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let mut config = lazyvm::config::Config::default();
+    let h = &mut config.hypervisor;
+    h.accel = lazyvm::config::AccelSetting::Tcg;
+    h.kernel = vmlinux.clone();
+    h.initramfs = initrd.clone();
+    h.machine = match kernel {
+        Kernel::Minimal => lazyvm::hypervisor::Machine::Microvm,
+        Kernel::Debian => lazyvm::hypervisor::Machine::Pc,
     };
     // Extra kernel command line words, e.g. LAZYVM_TEST_APPEND=lazyvm_no_pivot=1.
-    let append = match std::env::var("LAZYVM_TEST_APPEND") {
-        Ok(extra) if !extra.is_empty() => format!("{append} {extra}"),
-        _ => append,
-    };
-    let console = dir.join("console.log");
+    if let Ok(extra) = std::env::var("LAZYVM_TEST_APPEND") {
+        h.kernel_params = extra.split_whitespace().map(String::from).collect();
+    }
+    config.nydusd.path = which("nydusd").ok_or("nydusd is missing")?;
+    config.vsock.path = which("vhost-device-vsock").ok_or("vhost-device-vsock is missing")?;
+    let mut sandbox_spec = lazyvm::sandbox::SandboxSpec::new("guest-test", config);
+    sandbox_spec.run_dir = run_dir.clone();
     let t0 = Instant::now();
-    spawn(
-        &mut procs,
-        "qemu",
-        Command::new("qemu-system-x86_64")
-            .args([
-                "-M", machine, "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "512M",
-            ])
-            .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
-            .args(["-numa", "node,memdev=mem"])
-            .arg("-kernel")
-            .arg(&vmlinux)
-            .arg("-initrd")
-            .arg(&initrd)
-            .args(["-append", &append])
-            .args(["-display", "none", "-no-reboot", "-nodefaults"])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-chardev")
-            .arg(format!("socket,id=vsock,path={}", vhost_vsock.display()))
-            .args(["-device", "vhost-user-vsock-pci,chardev=vsock"])
-            .arg("-chardev")
-            .arg(format!("socket,id=fs,path={}", fs_sock.display()))
-            .args(["-device", "vhost-user-fs-pci,chardev=fs,tag=lazyvm"]),
-    )?;
+    let sandbox = lazyvm::sandbox::Sandbox::start(sandbox_spec).await?;
+    let dir = sandbox.dir().to_path_buf();
+    let console = dir.join("console.log");
+    let shared = dir.join("shared");
+    busybox_rootfs(&shared.join("busybox"))?;
 
     let result = async {
-        let stream = connect_agent(&uds, Instant::now() + Duration::from_secs(60)).await?;
-        let client = AgentClient::new(ttrpc::r#async::Client::new(
-            ttrpc::r#async::transport::Socket::new(stream),
-        ));
+        let client = sandbox
+            .agent()
+            .ok_or("the sandbox has no agent")?
+            .raw()
+            .clone();
         let health = client.health(ctx(), &HealthRequest::new()).await?;
         let ready = t0.elapsed();
         eprintln!(
@@ -486,6 +418,7 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
                 ctx(),
                 &CreateSandboxRequest {
                     hostname: "lazyvm-test".into(),
+                    shm_size: 16 << 20,
                     ..Default::default()
                 },
             )
@@ -508,10 +441,10 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
 
         // An overlay rootfs as DESIGN.md's guest contract has it (lower and upper on the
         // share): a file written on the host is visible, writes land in snapshotdir/fs.
-        let snap = dir.join("shared/ov/snapshotdir");
+        let snap = shared.join("ov/snapshotdir");
         std::fs::create_dir_all(snap.join("fs"))?;
         std::fs::create_dir_all(snap.join("work"))?;
-        std::fs::write(dir.join("shared/busybox/etc/from-host"), "host-data\n")?;
+        std::fs::write(shared.join("busybox/etc/from-host"), "host-data\n")?;
         let g = "/run/lazyvm/shared/containers";
         let overlay = Storage {
             fstype: "overlay".into(),
@@ -599,6 +532,34 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
         };
         agent.client.remove_process(ctx(), &e1).await?;
         assert!(agent.client.remove_process(ctx(), &e1).await.is_err());
+        // Once removed, an exec id can be used again; an exited exec's stdin closes
+        // fine and a signal to it is NOT_FOUND; with a terminal too.
+        for (id, tty) in [("e1", false), ("t1", true)] {
+            agent.exec("long", id, exec_process("echo again", tty)).await?;
+            assert_eq!(agent.wait("long", id).await?, 0);
+            let out = agent.read_all("long", id, false).await?;
+            assert!(out.contains("again"), "{id}: {out:?}");
+            let close = CloseStdinRequest {
+                container_id: "long".into(),
+                exec_id: id.into(),
+                ..Default::default()
+            };
+            agent.client.close_stdin(ctx(), &close).await?;
+            let sig = SignalProcessRequest {
+                container_id: "long".into(),
+                exec_id: id.into(),
+                signal: 15,
+                ..Default::default()
+            };
+            let (code, msg) = status_of(agent.client.signal_process(ctx(), &sig).await)?;
+            assert_eq!(code, ttrpc::Code::NOT_FOUND, "{msg}");
+            let rm = RemoveProcessRequest {
+                container_id: "long".into(),
+                exec_id: id.into(),
+                ..Default::default()
+            };
+            agent.client.remove_process(ctx(), &rm).await?;
+        }
         let creq = ContainerRequest {
             container_id: "long".into(),
             ..Default::default()
@@ -637,6 +598,54 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
         assert_eq!(agent.wait("long", "").await?, 137);
         agent.remove("long").await?;
 
+        // RemoveProcess frees an exec's stdio even while a process it left behind holds
+        // the other ends: the agent's reader threads (seen from a container sharing the
+        // VM's PID namespace, where /proc/1 is the agent) do not pile up.
+        agent.create("probe", spec_ns(&["sleep", "300"], false, "c", false)).await?;
+        agent.start("probe").await?;
+        let threads = || async {
+            let status = agent.exec_output("probe", "threads", "cat /proc/1/status").await?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse::<u32>().ok())
+                .ok_or_else(|| BoxError::from(format!("no thread count in {status:?}")))
+        };
+        let before = threads().await?;
+        for i in 0..3 {
+            let id = format!("bg{i}");
+            agent
+                .exec("probe", &id, exec_process("sleep 300 & echo started", false))
+                .await?;
+            let first = agent
+                .client
+                .read_stdout(
+                    ctx(),
+                    &ReadStreamRequest {
+                        container_id: "probe".into(),
+                        exec_id: id.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            assert_eq!(first.data, b"started\n");
+            assert_eq!(agent.wait("probe", &id).await?, 0);
+            let rm = RemoveProcessRequest {
+                container_id: "probe".into(),
+                exec_id: id,
+                ..Default::default()
+            };
+            agent.client.remove_process(ctx(), &rm).await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut after = threads().await?;
+        while after > before + 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            after = threads().await?;
+        }
+        assert!(after <= before + 1, "agent threads: {before} before, {after} after");
+        agent.remove("probe").await?;
+
         // An OOM kill is reported.
         let oom = String::from_utf8(spec(&["sh", "-c", "head -c 200000000 /dev/zero | tail"], false, "c"))?
             .replace(
@@ -655,6 +664,115 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
         assert_eq!(ev.container_id, "oom");
         agent.wait("oom", "").await?;
         agent.remove("oom").await?;
+
+        // UpdateNetwork without a NIC: lo comes up; an unknown MAC is NOT_FOUND (naming
+        // it), a bad field INVALID_ARGUMENT, an existing route ALREADY_EXISTS.
+        agent
+            .client
+            .update_network(ctx(), &UpdateNetworkRequest::new())
+            .await?;
+        let (code, out, err) = agent
+            .run("lo", spec_ns(&["cat", "/sys/class/net/lo/flags"], false, "c", false))
+            .await?;
+        assert_eq!((code, out.as_str(), err.as_str()), (0, "0x9\n", ""));
+        let unknown = UpdateNetworkRequest {
+            interfaces: vec![Interface {
+                mac: "02:00:00:00:00:99".into(),
+                name: "eth0".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (code, msg) = status_of(agent.client.update_network(ctx(), &unknown).await)?;
+        assert_eq!(code, ttrpc::Code::NOT_FOUND, "{msg}");
+        assert!(msg.contains("02:00:00:00:00:99"), "{msg}");
+        let route = |destination: &str| UpdateNetworkRequest {
+            routes: vec![Route {
+                destination: destination.into(),
+                device: "lo".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (code, msg) = status_of(agent.client.update_network(ctx(), &route("10.123.0.1")).await)?;
+        assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+        assert!(msg.contains("routes[0].destination"), "{msg}");
+        agent
+            .client
+            .update_network(ctx(), &route("10.123.0.0/16"))
+            .await?;
+        let (code, msg) =
+            status_of(agent.client.update_network(ctx(), &route("10.123.0.0/16")).await)?;
+        assert_eq!(code, ttrpc::Code::ALREADY_EXISTS, "{msg}");
+
+        // A pod: the sandbox container "pod" has its own IPC, UTS and PID namespaces (and
+        // an IPC sysctl crun sets in it); "app" names them by host paths and joins them,
+        // its VM-wide sysctl is written by the agent; both share the pod's shm.
+        let pod = pod_spec(
+            &["sleep", "300"],
+            "pod-host",
+            serde_json::json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
+                               {"type": "mount"},
+                               {"type": "network", "path": "/var/run/netns/cni-1"}]),
+            serde_json::json!({"kernel.shmmax": "12345"}),
+        );
+        agent.create_in_pod("pod", pod, "").await?;
+        agent.start("pod").await?;
+        let script = r#"hostname; cat /proc/sys/kernel/shmmax /proc/1/comm
+            [ "$(readlink /proc/self/ns/ipc)" = "$(readlink /proc/1/ns/ipc)" ] && echo same-ipc
+            cat /proc/sys/vm/overcommit_memory; set -- $(ls -ld /dev/shm); echo $1
+            while read -r dev dir fs opts rest; do
+              [ "$dir" = /dev/shm ] && o=${opts##*size=} && echo "$fs ${o%%,*}"
+            done < /proc/mounts
+            echo app-data > /dev/shm/x"#;
+        let app = pod_spec(
+            &["sh", "-c", script],
+            "app-host",
+            host_ns(&["pid", "ipc", "uts", "network"]),
+            serde_json::json!({"vm.overcommit_memory": "1"}),
+        );
+        agent.create_in_pod("app", app, "pod").await.map_err(|e| format!("app: {e}"))?;
+        agent.start("app").await?;
+        let code = agent.wait("app", "").await?;
+        let (out, err) = (agent.read_all("app", "", false).await?, agent.read_all("app", "", true).await?);
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (0, "pod-host\n12345\nsleep\nsame-ipc\n1\ndrwxrwxrwt\ntmpfs 16384k\n", "")
+        );
+        agent.remove("app").await?;
+        assert_eq!(agent.exec_output("pod", "x", "cat /dev/shm/x").await?, "app-data\n");
+
+        // What cannot be joined is refused before anything happens.
+        let joiner = || pod_spec(&["true"], "c", host_ns(&["ipc"]), serde_json::json!({}));
+        let (code, msg) = status_of(agent.create_in_pod("bad", joiner(), "").await)?;
+        assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+        let (code, msg) = status_of(agent.create_in_pod("bad", joiner(), "nope").await)?;
+        assert_eq!(code, ttrpc::Code::NOT_FOUND, "{msg}");
+        let mnt = serde_json::json!([{"type": "mount", "path": "/proc/4242/ns/mnt"}]);
+        let spec_mnt = pod_spec(&["true"], "c", mnt, serde_json::json!({}));
+        let (code, msg) = status_of(agent.create_in_pod("bad", spec_mnt, "pod").await)?;
+        assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+        assert!(msg.contains("mount"), "{msg}");
+        let sysctl = |name: &str| {
+            pod_spec(&["true"], "c", host_ns(&[]), serde_json::json!({ name: "1" }))
+        };
+        let (code, msg) = status_of(agent.create_in_pod("bad", sysctl("vm..x"), "").await)?;
+        assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+        let (code, msg) =
+            status_of(agent.create_in_pod("bad", sysctl("vm.no_such_sysctl"), "").await)?;
+        assert_eq!(code, ttrpc::Code::INTERNAL, "{msg}");
+        assert!(msg.contains("vm.no_such_sysctl"), "{msg}");
+        // A sandbox whose init has exited has no namespaces to join.
+        agent.create("dead", spec(&["true"], false, "c")).await?;
+        agent.start("dead").await?;
+        agent.wait("dead", "").await?;
+        let (code, msg) = status_of(agent.create_in_pod("bad", joiner(), "dead").await)?;
+        assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+        agent.remove("dead").await?;
+        // Nothing was left behind by the refusals.
+        let (code, ..) = agent.run("bad", spec(&["true"], false, "c")).await?;
+        assert_eq!(code, 0);
+        agent.remove("pod").await?;
 
         // A clear error for an unknown container.
         let err = agent.start("nope").await.expect_err("unknown container");
@@ -675,13 +793,19 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
             eprintln!("  {l}");
         }
     }
-    drop(procs);
+    if std::env::var("LAZYVM_KEEP").as_deref() == Ok("1") {
+        eprintln!("kept {}", dir.display());
+        std::mem::forget(sandbox);
+    } else {
+        sandbox.stop().await;
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
     result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_minimal_kernel_runs_containers() {
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(400), boot_and_run(Kernel::Minimal))
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(600), boot_and_run(Kernel::Minimal))
         .await
         .unwrap_or_else(|_| Err("timed out".into()))
     {
@@ -691,7 +815,7 @@ async fn guest_minimal_kernel_runs_containers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_debian_kernel_runs_containers() {
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(400), boot_and_run(Kernel::Debian))
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(600), boot_and_run(Kernel::Debian))
         .await
         .unwrap_or_else(|_| Err("timed out".into()))
     {

@@ -42,3 +42,44 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// Full ttrpc service name, as it appears in method paths.
 pub const SERVICE_NAME: &str = "lazyvm.agent.v1.Agent";
+
+/// The longest container or exec id lazyvm accepts.
+pub const MAX_ID_LEN: usize = 128;
+
+/// The one rule for container and exec ids, checked where ids enter (the shim's Create
+/// and Exec) and again by the agent: `[A-Za-z0-9][A-Za-z0-9_.+-]*`, at most
+/// [`MAX_ID_LEN`] bytes. Such an id is a plain file name (never `.` or `..`, no `/`), so it
+/// can name host directories, nydusd mountpoints and guest paths alike.
+pub fn valid_id(id: &str) -> bool {
+    id.len() <= MAX_ID_LEN
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in ["c1", "abc-1_2.3+4", "0", &"a".repeat(MAX_ID_LEN)] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-x",
+            "a/b",
+            "a b",
+            "a\n",
+            "é",
+            &"a".repeat(MAX_ID_LEN + 1),
+        ] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
+    }
+}

@@ -12,6 +12,8 @@ use lazyvm_proto::ttrpc;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use crate::network::{GuestNetwork, IpNet};
+
 /// The timeout of ordinary calls.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const RETRY_EVERY: Duration = Duration::from_millis(20);
@@ -42,6 +44,14 @@ pub enum AgentError {
     },
 }
 
+impl AgentError {
+    /// Whether the agent answered NOT_FOUND (no such container or process, or the
+    /// process has exited).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, AgentError::Rpc { code, .. } if code == "NOT_FOUND")
+    }
+}
+
 /// How a guest process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessExit {
@@ -55,6 +65,14 @@ pub struct ProcessExit {
 #[derive(Clone)]
 pub struct AgentClient {
     raw: RawClient,
+}
+
+impl AgentClient {
+    /// The generated ttrpc client under this one, for calls that want the raw messages
+    /// and status codes (tests, diagnostics).
+    pub fn raw(&self) -> &RawClient {
+        &self.raw
+    }
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -160,16 +178,76 @@ impl AgentClient {
         Ok((r.version, r.kernel))
     }
 
-    /// Prepares the sandbox: hostname, virtio-fs share.
-    pub async fn create_sandbox(&self, hostname: &str) -> Result<(), AgentError> {
+    /// The agent's footprint: resident bytes, open file descriptors, tracked processes.
+    pub async fn footprint(&self) -> Result<(u64, u32, u32), AgentError> {
+        let r = self.health_within(CALL_TIMEOUT).await?;
+        Ok((r.rss_bytes, r.open_fds, r.tracked_processes))
+    }
+
+    /// Prepares the sandbox: hostname, virtio-fs share, the pod's `/dev/shm` tmpfs of
+    /// `shm_size` bytes (0: the agent's default).
+    pub async fn create_sandbox(&self, hostname: &str, shm_size: u64) -> Result<(), AgentError> {
         let req = pb::CreateSandboxRequest {
             hostname: hostname.to_string(),
+            shm_size,
             ..Default::default()
         };
         self.raw
             .create_sandbox(ctx(Some(CALL_TIMEOUT)), &req)
             .await
             .map_err(rpc_error("CreateSandbox"))?;
+        Ok(())
+    }
+
+    /// Configures the pod's network in the guest: interfaces (found by MAC), addresses,
+    /// routes, permanent neighbours.
+    pub async fn update_network(&self, net: &GuestNetwork) -> Result<(), AgentError> {
+        let ip = |n: &IpNet| pb::IpAddress {
+            address: n.addr.to_string(),
+            prefix_len: u32::from(n.prefix_len),
+            ..Default::default()
+        };
+        let opt = |a: Option<std::net::IpAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        let req = pb::UpdateNetworkRequest {
+            interfaces: net
+                .interfaces
+                .iter()
+                .map(|i| pb::Interface {
+                    mac: i.mac.clone(),
+                    name: i.name.clone(),
+                    mtu: i.mtu,
+                    addresses: i.addresses.iter().map(ip).collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            routes: net
+                .routes
+                .iter()
+                .map(|r| pb::Route {
+                    destination: r.destination.map(|d| d.to_string()).unwrap_or_default(),
+                    gateway: opt(r.gateway),
+                    device: r.device.clone(),
+                    source: opt(r.source),
+                    scope: u32::from(r.scope),
+                    ..Default::default()
+                })
+                .collect(),
+            neighbors: net
+                .neighbors
+                .iter()
+                .map(|n| pb::Neighbor {
+                    address: n.address.to_string(),
+                    mac: n.mac.clone(),
+                    device: n.device.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        self.raw
+            .update_network(ctx(Some(CALL_TIMEOUT)), &req)
+            .await
+            .map_err(rpc_error("UpdateNetwork"))?;
         Ok(())
     }
 
@@ -182,20 +260,23 @@ impl AgentClient {
         Ok(())
     }
 
-    /// Mounts `storages` and creates the container from the OCI spec (JSON). Returns the
-    /// guest pid of its init process.
+    /// Mounts `storages` and creates the container from the OCI spec (JSON); its `ipc`,
+    /// `uts` and `pid` namespace paths mean those of container `sandbox`'s init. Returns
+    /// the guest pid of its init process.
     pub async fn create_container(
         &self,
         id: &str,
         storages: Vec<pb::Storage>,
         rootfs: &str,
         oci_spec: Vec<u8>,
+        sandbox: Option<&str>,
     ) -> Result<u32, AgentError> {
         let req = pb::CreateContainerRequest {
             container_id: id.to_string(),
             storages,
             rootfs: rootfs.to_string(),
             oci_spec,
+            sandbox_container_id: sandbox.unwrap_or_default().to_string(),
             ..Default::default()
         };
         let r = self
@@ -252,6 +333,20 @@ impl AgentClient {
             .await
             .map_err(rpc_error("ExecProcess"))?;
         Ok(r.pid)
+    }
+
+    /// Forgets an exited exec process: the agent frees its entry, buffers and pipes.
+    pub async fn remove_process(&self, id: &str, exec_id: &str) -> Result<(), AgentError> {
+        let req = pb::RemoveProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.raw
+            .remove_process(ctx(Some(CALL_TIMEOUT)), &req)
+            .await
+            .map_err(rpc_error("RemoveProcess"))?;
+        Ok(())
     }
 
     /// Sends `signal` to a process (`exec_id` empty: the init process), or with `all` to

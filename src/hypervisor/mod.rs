@@ -7,7 +7,7 @@
 pub mod qemu;
 pub mod vsock;
 
-pub use qemu::{Accel, Machine, Qemu, QemuConfig, QemuError, VmFiles};
+pub use qemu::{Accel, Machine, NetDevice, Qemu, QemuConfig, QemuError, VmFiles};
 pub use vsock::{VhostVsock, VsockError};
 
 /// The host's TSC frequency in kHz, which a microvm guest must be told

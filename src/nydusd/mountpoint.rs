@@ -1,9 +1,9 @@
 //! Validation of the mountpoints lazyvm asks nydusd to mount filesystems at.
 //!
 //! Inside nydusd's virtio-fs tree, the shared directory lives at `/containers` and each
-//! nydus container's RAFS image at `/rafs/<container-id>/lowerdir`. The check is anchored:
-//! a container id is made of `[A-Za-z0-9_.+-]` and is never `.` or `..`, so no request can
-//! climb out of `/rafs/` or name a nested path.
+//! nydus container's RAFS image at `/rafs/<container-id>/lowerdir`. The check is anchored
+//! and the id follows lazyvm's one id rule ([`lazyvm_proto::valid_id`]: a plain file name,
+//! never `.` or `..`), so no request can climb out of `/rafs/` or name a nested path.
 
 use super::client::FsType;
 
@@ -23,7 +23,7 @@ pub enum MountpointError {
     #[error("rafs mountpoint {0:?} is invalid: it must be /rafs/<container-id>/lowerdir")]
     RafsShape(String),
     /// A container id that cannot form a RAFS mountpoint.
-    #[error("container id {0:?} cannot form a rafs mountpoint: it must be non-empty, made of [A-Za-z0-9_.+-], and not \".\" or \"..\"")]
+    #[error("container id {0:?} cannot form a rafs mountpoint: it must match [A-Za-z0-9][A-Za-z0-9_.+-]* (at most 128 bytes)")]
     ContainerId(String),
 }
 
@@ -58,12 +58,7 @@ pub fn rafs_mountpoint(cid: &str) -> Result<String, MountpointError> {
 }
 
 fn valid_container_id(id: &str) -> bool {
-    !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-'))
+    lazyvm_proto::valid_id(id)
 }
 
 #[cfg(test)]
@@ -75,7 +70,6 @@ mod tests {
         for mp in [
             "/rafs/c1/lowerdir",
             "/rafs/abc_DEF.1+2-3/lowerdir",
-            "/rafs/.../lowerdir",
             "/rafs/a..b/lowerdir",
         ] {
             assert_eq!(validate(mp, FsType::Rafs), Ok(()), "{mp}");
@@ -87,6 +81,8 @@ mod tests {
         for mp in [
             "/rafs/../lowerdir",
             "/rafs/./lowerdir",
+            "/rafs/.../lowerdir",
+            "/rafs/-x/lowerdir",
             "/rafs//lowerdir",
             "/rafs/lowerdir",
             "/rafs/a/b/lowerdir",

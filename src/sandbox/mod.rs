@@ -7,6 +7,7 @@
 //! failed step rolls back the ones before it. A helper process dying on its own fails the
 //! sandbox: [`Sandbox::failed`] resolves with the reason.
 
+pub mod pod;
 pub mod spec;
 
 use std::collections::BTreeMap;
@@ -19,8 +20,9 @@ use tokio::sync::watch;
 use crate::agent::{AgentClient, AgentError, Storage};
 use crate::config::Config;
 use crate::hypervisor::qemu::console_tail;
-use crate::hypervisor::{Qemu, QemuError, VhostVsock, VmFiles, VsockError};
+use crate::hypervisor::{NetDevice, Qemu, QemuError, VhostVsock, VmFiles, VsockError};
 use crate::mounts::{self, MountError};
+use crate::network::{NetworkError, PodNetwork};
 use crate::nydusd::{self, DaemonConfig, DaemonError, LogLevel, Mode, MountpointError, Nydusd};
 use crate::process::OnExit;
 use crate::rootfs::ExtraOption;
@@ -103,6 +105,17 @@ pub enum SandboxError {
     /// A host mount failed.
     #[error(transparent)]
     Mount(#[from] MountError),
+    /// The pod's network could not be connected to the VM.
+    #[error("pod network: {0}")]
+    Network(#[from] NetworkError),
+    /// The spec asks for what a VM cannot give, or a pod annotation is wrong.
+    #[error(transparent)]
+    Pod(#[from] pod::PodError),
+    /// An app container arrived before its pod's sandbox container.
+    #[error(
+        "container {0:?} is a pod's app container, but the pod has no sandbox container in this VM"
+    )]
+    NoPodSandbox(String),
 }
 
 impl SandboxError {
@@ -115,6 +128,8 @@ impl SandboxError {
                 | SandboxError::ContainerExists(_)
                 | SandboxError::Bootstrap(_)
                 | SandboxError::Snapshotdir(_)
+                | SandboxError::Pod(_)
+                | SandboxError::NoPodSandbox(_)
         )
     }
 }
@@ -141,6 +156,12 @@ pub struct SandboxSpec {
     pub config: Config,
     /// Parent of the sandbox directory (default [`RUN_DIR`]).
     pub run_dir: PathBuf,
+    /// The pod's network namespace (made by the CRI, with CNI's interfaces in it), to
+    /// connect to the VM; `None`: the VM has no network card.
+    pub netns: Option<PathBuf>,
+    /// Size of the pod's `/dev/shm` tmpfs in the guest, bytes; 0: the agent's default
+    /// (64 MiB, as containerd's).
+    pub shm_size: u64,
 }
 
 impl SandboxSpec {
@@ -151,6 +172,8 @@ impl SandboxSpec {
             hostname: id.chars().take(63).collect(),
             config,
             run_dir: PathBuf::from(RUN_DIR),
+            netns: None,
+            shm_size: 0,
         }
     }
 }
@@ -199,6 +222,9 @@ pub struct Sandbox {
     qemu: Option<Qemu>,
     agent: Option<AgentClient>,
     containers: BTreeMap<String, Holdings>,
+    /// The pod's sandbox (pause) container, whose namespaces app containers join.
+    pod_sandbox: Option<String>,
+    network: Option<PodNetwork>,
     failed: watch::Receiver<Option<String>>,
     timings: StartTimings,
     console_follower: Option<tokio::task::JoinHandle<()>>,
@@ -255,11 +281,23 @@ impl Sandbox {
             qemu: None,
             agent: None,
             containers: BTreeMap::new(),
+            pod_sandbox: None,
+            network: None,
             failed,
             timings: StartTimings::default(),
             console_follower: None,
         };
         let fail_tx = Arc::new(fail_tx);
+        if let Some(netns) = &spec.netns {
+            match PodNetwork::setup(netns).await {
+                Ok(n) => sandbox.network = Some(n),
+                Err(e) => {
+                    log::warn!("sandbox {} failed to start: {e}", sandbox.id);
+                    sandbox.teardown().await;
+                    return Err(e.into());
+                }
+            }
+        }
         let mut attempt = 1;
         let booted = loop {
             match sandbox.boot(&spec, fail_tx.clone()).await {
@@ -344,6 +382,15 @@ impl Sandbox {
             vhost_vsock: self.dir.join("vhost-vsock.sock"),
             qmp: self.dir.join("qmp.sock"),
             console: console.clone(),
+            nics: self
+                .network
+                .iter()
+                .flat_map(PodNetwork::nics)
+                .map(|n| NetDevice {
+                    fd: n.fd,
+                    mac: n.mac.to_string(),
+                })
+                .collect(),
         };
         let vsock = VhostVsock::start(
             &cfg.vsock.path,
@@ -365,7 +412,10 @@ impl Sandbox {
         self.record_pids();
         let agent = self.connect_agent(&uds).await?;
         self.timings.vm_boot = t.elapsed();
-        agent.create_sandbox(&spec.hostname).await?;
+        agent.create_sandbox(&spec.hostname, spec.shm_size).await?;
+        if let Some(net) = &self.network {
+            agent.update_network(net.guest()).await?;
+        }
         self.agent = Some(agent);
         Ok(())
     }
@@ -468,16 +518,36 @@ impl Sandbox {
         if self.containers.contains_key(cid) {
             return Err(SandboxError::ContainerExists(cid.to_string()));
         }
+        pod::check(&oci_spec)?;
+        let role = pod::role(&oci_spec);
+        let join = match role {
+            pod::Role::Container => Some(
+                self.pod_sandbox
+                    .clone()
+                    .ok_or_else(|| SandboxError::NoPodSandbox(cid.to_string()))?,
+            ),
+            _ => None,
+        };
         let mut holdings = Holdings {
             host_dir: self.shared.join(cid),
             rafs: None,
         };
         let created = self
-            .create_in(cid, &mut holdings, &rafs, rootfs, &mut oci_spec)
+            .create_in(
+                cid,
+                &mut holdings,
+                &rafs,
+                rootfs,
+                &mut oci_spec,
+                join.as_deref(),
+            )
             .await;
         match created {
             Ok((pid, rafs_mount)) => {
                 self.containers.insert(cid.to_string(), holdings);
+                if role == pod::Role::Sandbox {
+                    self.pod_sandbox = Some(cid.to_string());
+                }
                 let created = Created {
                     pid,
                     rafs_mount,
@@ -516,6 +586,7 @@ impl Sandbox {
         rafs: &str,
         rootfs: Rootfs,
         oci_spec: &mut oci_spec::runtime::Spec,
+        join: Option<&str>,
     ) -> Result<(u32, Option<Duration>), SandboxError> {
         let host_dir = holdings.host_dir.clone();
         let guest_dir = format!("{GUEST_SHARED}/containers/{cid}");
@@ -576,7 +647,7 @@ impl Sandbox {
         let json = serde_json::to_vec(oci_spec).map_err(|e| SandboxError::Spec(e.to_string()))?;
         let agent = self.agent.as_ref().ok_or(SandboxError::NotRunning)?;
         let pid = agent
-            .create_container(cid, storages, &guest_root, json)
+            .create_container(cid, storages, &guest_root, json, join)
             .await?;
         Ok((pid, rafs_mount))
     }
@@ -588,6 +659,9 @@ impl Sandbox {
             .containers
             .remove(cid)
             .ok_or(SandboxError::NotRunning)?;
+        if self.pod_sandbox.as_deref() == Some(cid) {
+            self.pod_sandbox = None;
+        }
         let removed = match &self.agent {
             Some(agent) => agent.remove_container(cid, true).await,
             None => Ok(()),
@@ -610,6 +684,11 @@ impl Sandbox {
             }
         }
         self.stop_helpers().await;
+        if let Some(net) = self.network.take() {
+            if let Err(e) = net.teardown().await {
+                log::warn!("sandbox {}: {e}", self.id);
+            }
+        }
         self.containers.clear();
         if let Err(e) = mounts::remove_dir_unmounted(&self.dir) {
             log::warn!("sandbox {}: {e}", self.id);

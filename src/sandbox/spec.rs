@@ -1,9 +1,12 @@
 //! Turning a host OCI spec into one the guest can run.
 //!
-//! Paths of the host mean nothing in the VM: namespace paths (a pod's netns) are dropped,
-//! host hooks are dropped, and bind mounts of host files or directories are shared through
-//! virtio-fs: each is bound into the container's shared directory and its source rewritten
-//! to the guest path.
+//! Paths of the host mean nothing in the VM: host hooks are dropped; namespace paths stay
+//! for the agent, which reads them as "the pod's" (the VM's network namespace, the
+//! sandbox container's IPC, UTS and PID namespaces: see `CreateContainerRequest` in
+//! `proto/agent.proto`); the pod's `/dev/shm` becomes the pod's tmpfs inside the guest
+//! ([`GUEST_POD_SHM`]), never a host tmpfs shared through virtio-fs; other bind mounts of
+//! host files or directories are shared through virtio-fs: each is bound into the
+//! container's shared directory and its source rewritten to the guest path.
 
 use std::path::PathBuf;
 
@@ -19,6 +22,9 @@ pub struct HostBind {
     pub shared_name: String,
 }
 
+/// The pod's shared memory in the guest: a tmpfs the agent mounts at CreateSandbox.
+pub const GUEST_POD_SHM: &str = "/run/lazyvm/pod/shm";
+
 fn is_bind(typ: Option<&str>, options: &[String]) -> bool {
     typ == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind")
 }
@@ -27,20 +33,6 @@ fn is_bind(typ: Option<&str>, options: &[String]) -> bool {
 /// `mounts/` directory appears in the guest. Returns the host binds to share.
 pub fn adapt(spec: &mut Spec, guest_mounts_dir: &str) -> Vec<HostBind> {
     spec.set_hooks(None);
-    if let Some(linux) = spec.linux().clone() {
-        let mut linux = linux;
-        if let Some(namespaces) = linux.namespaces().clone() {
-            let namespaces = namespaces
-                .into_iter()
-                .map(|mut ns| {
-                    ns.set_path(None);
-                    ns
-                })
-                .collect();
-            linux.set_namespaces(Some(namespaces));
-        }
-        spec.set_linux(Some(linux));
-    }
     let mut binds = Vec::new();
     if let Some(mounts) = spec.mounts().clone() {
         let mut out = Vec::with_capacity(mounts.len());
@@ -48,6 +40,12 @@ pub fn adapt(spec: &mut Spec, guest_mounts_dir: &str) -> Vec<HostBind> {
             let options = m.options().clone().unwrap_or_default();
             let source = m.source().clone();
             match source {
+                Some(_)
+                    if is_bind(m.typ().as_deref(), &options)
+                        && m.destination() == std::path::Path::new("/dev/shm") =>
+                {
+                    m.set_source(Some(PathBuf::from(GUEST_POD_SHM)));
+                }
                 Some(src) if is_bind(m.typ().as_deref(), &options) && src.is_absolute() => {
                     let base = src
                         .file_name()
@@ -83,6 +81,7 @@ mod tests {
             "hooks": {"prestart": [{"path": "/usr/bin/hook"}]},
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev/shm", "type": "bind", "source": "/run/containerd/s/shm", "options": ["rbind", "ro"]},
                 {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/x/hosts", "options": ["rbind", "ro"]},
                 {"destination": "/data", "source": "/srv/data", "options": ["bind"]}
             ],
@@ -101,7 +100,11 @@ mod tests {
             .namespaces()
             .as_ref()
             .unwrap();
-        assert!(ns.iter().all(|n| n.path().is_none()));
+        // Namespace paths are the agent's to read as the pod's.
+        assert_eq!(
+            ns[1].path().as_deref(),
+            Some(std::path::Path::new("/var/run/netns/cni-1"))
+        );
         assert_eq!(
             binds,
             [
@@ -122,6 +125,10 @@ mod tests {
         );
         assert_eq!(
             mounts[1].source().as_deref(),
+            Some(std::path::Path::new(GUEST_POD_SHM))
+        );
+        assert_eq!(
+            mounts[2].source().as_deref(),
             Some(std::path::Path::new(
                 "/run/lazyvm/shared/containers/c1/mounts/0-hosts"
             ))

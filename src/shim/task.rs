@@ -1,7 +1,13 @@
 //! The task service: containerd's task API on top of one [`Sandbox`].
 //!
 //! The first container of a pod boots the sandbox; every call after that goes to the
-//! guest agent through the sandbox. Events go out in containerd's order: TaskCreate,
+//! guest agent through the sandbox.
+//!
+//! No call waits behind another container's work: the process table (`state`) is only
+//! ever locked for short bookkeeping, never across a VM boot or a guest round trip; the
+//! pod itself (`pod`) is locked by the calls that change what the VM holds (create,
+//! delete, shutdown), and calls on a process (State, Wait, Kill, Stats, exits) use the
+//! agent client without it. Events go out in containerd's order: TaskCreate,
 //! TaskStart, TaskExecAdded, TaskExecStarted, TaskExit (never before its start event),
 //! TaskDelete, and TaskOOM when the guest reports an OOM kill.
 
@@ -35,7 +41,7 @@ use super::stdio::{Relays, StdioPaths};
 use crate::agent::AgentClient;
 use crate::config::Config;
 use crate::rootfs::ExtraOption;
-use crate::sandbox::{self, Created, Rootfs, Sandbox, SandboxSpec, StartTimings};
+use crate::sandbox::{self, pod, Created, Rootfs, Sandbox, SandboxSpec, StartTimings};
 
 /// How long output may still arrive after a process exits before its exit is published.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
@@ -51,6 +57,22 @@ fn status_error(code: Code, message: impl Into<String>) -> TtrpcError {
 
 fn not_found(what: &str) -> TtrpcError {
     status_error(Code::NOT_FOUND, format!("{what} not found"))
+}
+
+/// lazyvm's one id rule ([`lazyvm_proto::valid_id`]), checked here where ids enter, so
+/// that no id passes the shim and is refused later, after host mounts were made.
+fn check_id(what: &str, id: &str) -> TtrpcResult<()> {
+    if lazyvm_proto::valid_id(id) {
+        Ok(())
+    } else {
+        Err(status_error(
+            Code::INVALID_ARGUMENT,
+            format!(
+                "invalid {what} {id:?}: lazyvm wants [A-Za-z0-9][A-Za-z0-9_.+-]*, at most {} bytes",
+                lazyvm_proto::MAX_ID_LEN
+            ),
+        ))
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> TtrpcError {
@@ -78,6 +100,8 @@ struct Proc {
     /// An exec's OCI process (JSON), until it is started.
     exec_spec: Option<Vec<u8>>,
     relays: Option<Relays>,
+    /// A Start is under way (its guest call runs without the table locked).
+    starting: bool,
     exit_tx: watch::Sender<Option<Exit>>,
 }
 
@@ -89,6 +113,7 @@ impl Proc {
             stdio,
             exec_spec: None,
             relays: None,
+            starting: false,
             exit_tx: watch::channel(None).0,
         }
     }
@@ -133,7 +158,6 @@ impl Container {
 
 #[derive(Default)]
 struct State {
-    sandbox: Option<Sandbox>,
     containers: HashMap<String, Container>,
 }
 
@@ -160,7 +184,13 @@ pub struct TaskService {
 struct Inner {
     exit: Arc<ExitSignal>,
     events: Events,
+    /// The process table: locked only for bookkeeping.
     state: Mutex<State>,
+    /// The pod's VM: locked across boot, container create/remove and stop (taken before
+    /// `state` when both are needed).
+    pod: Mutex<Option<Sandbox>>,
+    /// The running VM's agent client, for calls that need no lock.
+    agent: std::sync::RwLock<Option<AgentClient>>,
 }
 
 impl TaskService {
@@ -176,41 +206,66 @@ impl TaskService {
                 exit,
                 events: Events::new(namespace, publisher),
                 state: Mutex::new(State::default()),
+                pod: Mutex::new(None),
+                agent: std::sync::RwLock::new(None),
             }),
         }
     }
 
     async fn agent(&self) -> TtrpcResult<AgentClient> {
-        let state = self.inner.state.lock().await;
-        state
-            .sandbox
-            .as_ref()
-            .and_then(Sandbox::agent)
-            .cloned()
+        self.inner
+            .agent
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
             .ok_or_else(|| status_error(Code::FAILED_PRECONDITION, "the sandbox is not running"))
+    }
+
+    fn set_agent(&self, agent: Option<AgentClient>) {
+        *self.inner.agent.write().unwrap_or_else(|p| p.into_inner()) = agent;
     }
 
     /// Boots the pod's sandbox if this is its first container; returns its start
     /// timings when it did.
     async fn ensure_sandbox(
         &self,
-        state: &mut State,
+        pod: &mut Option<Sandbox>,
         spec: &Spec,
         cid: &str,
     ) -> TtrpcResult<Option<StartTimings>> {
-        if state.sandbox.is_some() {
+        if pod.is_some() {
             return Ok(None);
         }
-        let config = Config::load(None).map_err(internal)?;
+        let role = pod::role(spec);
+        if role == pod::Role::Container {
+            return Err(status_error(
+                Code::FAILED_PRECONDITION,
+                format!("container {cid} is a pod's app container, but its pod's sandbox container is not running in this shim"),
+            ));
+        }
+        let mut config = Config::load(None).map_err(internal)?;
+        let size = pod::vm_size(spec, &config.hypervisor)
+            .map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))?;
+        config.hypervisor.vcpus = size.vcpus;
+        config.hypervisor.memory_mib = size.memory_mib;
         let sandbox_id = super::sandbox_id_of(Some(spec), cid);
         let mut sandbox_spec = SandboxSpec::new(&sandbox_id, config);
         if let Some(h) = spec.hostname() {
             sandbox_spec.hostname = h.clone();
         }
-        let sandbox = Sandbox::start(sandbox_spec).await.map_err(internal)?;
+        sandbox_spec.netns = pod::netns_path(spec);
+        let sandbox = Sandbox::start(sandbox_spec).await.map_err(|e| {
+            let code = if e.is_invalid_input() {
+                Code::INVALID_ARGUMENT
+            } else {
+                Code::INTERNAL
+            };
+            status_error(code, e.to_string())
+        })?;
         let agent = sandbox.agent().cloned();
         let timings = sandbox.timings();
-        state.sandbox = Some(sandbox);
+        *pod = Some(sandbox);
+        self.set_agent(agent.clone());
         if let Some(agent) = agent {
             self.watch_oom(agent);
         }
@@ -429,8 +484,8 @@ impl Task for TaskService {
         let cid = req.id.clone();
         let bundle = PathBuf::from(&req.bundle);
         log::info!("create {cid} (bundle {})", bundle.display());
-        let mut state = self.inner.state.lock().await;
-        if state.containers.contains_key(&cid) {
+        check_id("container id", &cid)?;
+        if self.inner.state.lock().await.containers.contains_key(&cid) {
             return Err(status_error(
                 Code::ALREADY_EXISTS,
                 format!("container {cid} already exists"),
@@ -438,7 +493,9 @@ impl Task for TaskService {
         }
         let spec = Spec::load(bundle.join("config.json"))
             .map_err(|e| internal(format!("reading the bundle's config.json: {e}")))?;
-        let booted = self.ensure_sandbox(&mut state, &spec, &cid).await?;
+        pod::check(&spec).map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let mut pod = self.inner.pod.lock().await;
+        let booted = self.ensure_sandbox(&mut pod, &spec, &cid).await?;
 
         let (rootfs, host_rootfs) = rootfs_of(&bundle, &spec, &req.rootfs)?;
         let stdio = StdioPaths {
@@ -447,8 +504,7 @@ impl Task for TaskService {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let sandbox = state
-            .sandbox
+        let sandbox = pod
             .as_mut()
             .ok_or_else(|| internal("the sandbox is gone"))?;
         let created = sandbox.create_container(&cid, rootfs, spec).await;
@@ -484,6 +540,7 @@ impl Task for TaskService {
         let mut init = Proc::new(stdio.clone());
         init.pid = pid;
         init.relays = Some(relays);
+        let mut state = self.inner.state.lock().await;
         state.containers.insert(
             cid.clone(),
             Container {
@@ -524,21 +581,54 @@ impl Task for TaskService {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         let agent = self.agent().await?;
-        let mut state = self.inner.state.lock().await;
-        let c = state.container_mut(&req.id)?;
-        let (boot, created) = c.timings;
-        let p = c.process_mut(&req.exec_id)?;
-        if p.status != TaskStatus::CREATED {
-            return Err(status_error(
-                Code::FAILED_PRECONDITION,
-                format!("process is {}, not created", status_name(p.status)),
-            ));
-        }
-        if req.exec_id.is_empty() {
+        let (boot, created, exec_spec, stdio) = {
+            let mut state = self.inner.state.lock().await;
+            let c = state.container_mut(&req.id)?;
+            let (boot, created) = c.timings;
+            let p = c.process_mut(&req.exec_id)?;
+            if p.status != TaskStatus::CREATED || p.starting {
+                return Err(status_error(
+                    Code::FAILED_PRECONDITION,
+                    format!("process is {}, not created", status_name(p.status)),
+                ));
+            }
+            p.starting = true;
+            (boot, created, p.exec_spec.clone(), p.stdio.clone())
+        };
+        // The guest call runs without the table locked.
+        let started: TtrpcResult<(u32, Option<Relays>)> = if req.exec_id.is_empty() {
             let t = std::time::Instant::now();
-            agent.start_container(&req.id).await.map_err(internal)?;
-            log_timings(&req.id, boot, created, t.elapsed());
-            p.status = TaskStatus::RUNNING;
+            match agent.start_container(&req.id).await {
+                Ok(()) => {
+                    log_timings(&req.id, boot, created, t.elapsed());
+                    Ok((0, None))
+                }
+                Err(e) => Err(internal(e)),
+            }
+        } else {
+            match agent
+                .exec_process(&req.id, &req.exec_id, exec_spec.unwrap_or_default())
+                .await
+            {
+                Ok(pid) => {
+                    let relays = match Relays::start(&agent, &req.id, &req.exec_id, &stdio).await {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            log::warn!("stdio of exec {}: {e}", req.exec_id);
+                            None
+                        }
+                    };
+                    Ok((pid, relays))
+                }
+                Err(e) => Err(internal(e)),
+            }
+        };
+        let mut state = self.inner.state.lock().await;
+        let p = state.container_mut(&req.id)?.process_mut(&req.exec_id)?;
+        p.starting = false;
+        let (exec_pid, relays) = started?;
+        p.status = TaskStatus::RUNNING;
+        if req.exec_id.is_empty() {
             self.inner.events.send(
                 TASK_START_EVENT_TOPIC,
                 TaskStart {
@@ -548,28 +638,21 @@ impl Task for TaskService {
                 },
             );
         } else {
-            let process = p.exec_spec.take().unwrap_or_default();
-            let pid = agent
-                .exec_process(&req.id, &req.exec_id, process)
-                .await
-                .map_err(internal)?;
-            p.pid = pid;
-            p.status = TaskStatus::RUNNING;
-            match Relays::start(&agent, &req.id, &req.exec_id, &p.stdio).await {
-                Ok(r) => p.relays = Some(r),
-                Err(e) => log::warn!("stdio of exec {}: {e}", req.exec_id),
-            }
+            p.pid = exec_pid;
+            p.exec_spec = None;
+            p.relays = relays;
             self.inner.events.send(
                 TASK_EXEC_STARTED_EVENT_TOPIC,
                 TaskExecStarted {
                     container_id: req.id.clone(),
                     exec_id: req.exec_id.clone(),
-                    pid,
+                    pid: exec_pid,
                     ..Default::default()
                 },
             );
         }
         let pid = p.pid;
+        drop(state);
         self.watch_exit(agent, req.id.clone(), req.exec_id.clone(), pid);
         Ok(api::StartResponse {
             pid,
@@ -586,7 +669,7 @@ impl Task for TaskService {
         let c = state.container_mut(&req.id)?;
         if !req.exec_id.is_empty() {
             let p = c.process(&req.exec_id)?;
-            if p.status == TaskStatus::RUNNING {
+            if p.status == TaskStatus::RUNNING || p.starting {
                 return Err(status_error(
                     Code::FAILED_PRECONDITION,
                     format!("exec {} is still running", req.exec_id),
@@ -594,7 +677,19 @@ impl Task for TaskService {
             }
             let exit = p.exit().unwrap_or_default();
             let pid = p.pid;
+            let started = p.status != TaskStatus::CREATED;
             c.execs.remove(&req.exec_id);
+            drop(state);
+            if started {
+                // The agent keeps an exec's entry, buffers and pipes until it is removed.
+                if let Ok(agent) = self.agent().await {
+                    if let Err(e) = agent.remove_process(&req.id, &req.exec_id).await {
+                        if !e.is_not_found() {
+                            log::warn!("removing exec {} of {}: {e}", req.exec_id, req.id);
+                        }
+                    }
+                }
+            }
             return Ok(api::DeleteResponse {
                 pid,
                 exit_status: exit.status,
@@ -602,7 +697,10 @@ impl Task for TaskService {
                 ..Default::default()
             });
         }
-        if c.init.status == TaskStatus::RUNNING || c.init.status == TaskStatus::PAUSED {
+        if c.init.status == TaskStatus::RUNNING
+            || c.init.status == TaskStatus::PAUSED
+            || c.init.starting
+        {
             return Err(status_error(
                 Code::FAILED_PRECONDITION,
                 format!("container {} is still running: kill it first", req.id),
@@ -612,7 +710,8 @@ impl Task for TaskService {
             .containers
             .remove(&req.id)
             .ok_or_else(|| not_found(&req.id))?;
-        if let Some(sandbox) = state.sandbox.as_mut() {
+        drop(state);
+        if let Some(sandbox) = self.inner.pod.lock().await.as_mut() {
             if let Err(e) = sandbox.remove_container(&req.id).await {
                 log::warn!("removing {} from the sandbox: {e}", req.id);
             }
@@ -749,10 +848,18 @@ impl Task for TaskService {
                 return Err(not_found("process (already finished)"));
             }
         }
+        // A process that exits while the signal is on its way is NOT_FOUND, as with runc
+        // ("process already finished"): the CRI's StopContainer takes that as success.
         agent
             .signal_process(&req.id, &req.exec_id, req.signal, req.all)
             .await
-            .map_err(internal)?;
+            .map_err(|e| {
+                if e.is_not_found() {
+                    not_found("process (already finished)")
+                } else {
+                    internal(e)
+                }
+            })?;
         Ok(api::Empty::new())
     }
 
@@ -761,6 +868,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
+        check_id("exec id", &req.exec_id)?;
         let mut state = self.inner.state.lock().await;
         let c = state.container_mut(&req.id)?;
         if c.execs.contains_key(&req.exec_id) {
@@ -948,15 +1056,30 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
-        let mut state = self.inner.state.lock().await;
-        if !state.containers.is_empty() {
+        let mut pod = self.inner.pod.lock().await;
+        // (A create holds `pod` until its container is in the table: checked under it.)
+        if !self.inner.state.lock().await.containers.is_empty() {
             // containerd 1.6 calls Shutdown after every Delete: the pod still has containers.
             return Ok(api::Empty::new());
         }
-        if let Some(sandbox) = state.sandbox.take() {
+        self.set_agent(None);
+        if let Some(sandbox) = pod.take() {
             sandbox.stop().await;
         }
         self.inner.exit.signal();
         Ok(api::Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_at_the_edge() {
+        assert!(check_id("container id", "c1").is_ok());
+        let e = check_id("exec id", "../x").unwrap_err();
+        assert!(e.to_string().contains("invalid exec id"), "{e}");
+        assert!(check_id("container id", &"a".repeat(129)).is_err());
     }
 }

@@ -1,0 +1,79 @@
+//! A Kubernetes pod's start through containerd's CRI, as the kubelet drives it:
+//! RunPodSandbox + CreateContainer + StartContainer until the container's first output
+//! line is in its CRI log, lazyvm against runc (the baseline), alternated in one run, on
+//! a private containerd in a network namespace of its own with a CNI bridge. Prints each
+//! sample, the medians and the ratio.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/common/cri.rs"]
+mod cri;
+
+use std::time::{Duration, Instant};
+
+use cri::{CriEnv, LAZYVM, RUNC};
+
+const ROUNDS: usize = 5;
+const MARKER: &str = "lazyvm-bench-first-line";
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// One pod start: the time until the first output line, then the pod is removed.
+async fn sample(env: &CriEnv, name: &str, handler: &str) -> Duration {
+    let t = Instant::now();
+    let pod = env.run_pod(name, handler).await;
+    let cid = env
+        .create_container(
+            &pod,
+            "app",
+            &["sh", "-c", &format!("echo {MARKER}; sleep 600")],
+        )
+        .await;
+    env.start_container(&cid).await;
+    let log = pod.log_dir.join("app.log");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if std::fs::read_to_string(&log).is_ok_and(|l| l.contains(MARKER)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{handler}: no output in {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = t.elapsed();
+    env.stop_container(&cid, 0).await;
+    env.remove_container(&cid).await;
+    env.stop_pod(&pod).await;
+    env.remove_pod(&pod).await;
+    took
+}
+
+#[tokio::main]
+async fn main() {
+    let env = CriEnv::start().await;
+    let handlers = [LAZYVM, RUNC];
+    let mut times: [Vec<Duration>; 2] = Default::default();
+    for round in 0..ROUNDS {
+        for (i, handler) in handlers.iter().enumerate() {
+            let took = sample(&env, &format!("bench{round}{handler}"), handler).await;
+            println!(
+                "round {round} {handler:<7} {:>6.0} ms",
+                took.as_secs_f64() * 1000.0
+            );
+            times[i].push(took);
+        }
+    }
+    let [lazyvm, runc] = times.map(median);
+    println!(
+        "\nmedian CRI pod start (RunPodSandbox + CreateContainer + StartContainer to the first output line) over {ROUNDS} rounds: lazyvm {:.0} ms | runc {:.0} ms | lazyvm/runc = {:.1}",
+        lazyvm.as_secs_f64() * 1000.0,
+        runc.as_secs_f64() * 1000.0,
+        lazyvm.as_secs_f64() / runc.as_secs_f64()
+    );
+}
