@@ -724,7 +724,7 @@ async fn lazyvm_refuses_host_namespaces() {
 /// refused, naming the annotation); the pod's sysctls reach its containers (a network one
 /// set for the VM, an IPC one in the sandbox's IPC namespace); `/dev/shm` is one tmpfs
 /// inside the VM shared by the pod's containers; app containers share the sandbox's UTS
-/// and IPC namespaces.
+/// and IPC namespaces, and with shareProcessNamespace its PID namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lazyvm_pod_size_sysctls_and_shm() {
     need_guest();
@@ -736,6 +736,14 @@ async fn lazyvm_pod_size_sysctls_and_shm() {
             ("io.lazyvm.vm.memory-mib".to_string(), "640".to_string()),
         ]
         .into();
+        if let Some(sc) = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+        {
+            // shareProcessNamespace: one PID namespace for the pod, the pause process's.
+            sc.namespace_options = Some(namespaces(NamespaceMode::Pod));
+        }
         if let Some(l) = config.linux.as_mut() {
             l.sysctls = [
                 (
@@ -751,12 +759,16 @@ async fn lazyvm_pod_size_sysctls_and_shm() {
             .await
             .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"));
         check_new_pod(&env, &pod).await;
+        let shared_pid =
+            |name: &str| env.container_config(name, &["sleep", "2147483647"], NamespaceMode::Pod);
         let a = env
-            .create_container(&pod, "a", &["sleep", "2147483647"])
-            .await;
+            .create_container_with(&pod, shared_pid("a"))
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer a: {e}"));
         let b = env
-            .create_container(&pod, "b", &["sleep", "2147483647"])
-            .await;
+            .create_container_with(&pod, shared_pid("b"))
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer b: {e}"));
         env.start_container(&a).await;
         env.start_container(&b).await;
 
@@ -791,6 +803,16 @@ async fn lazyvm_pod_size_sysctls_and_shm() {
             // The pod's hostname: the sandbox's UTS namespace.
             assert_eq!(env.exec_ok(cid, &["hostname"]).await.trim(), "sized");
         }
+        // One PID namespace for the pod: PID 1 is the pause process, and b sees a's.
+        let init = env.exec_ok(&b, &["cat", "/proc/1/cmdline"]).await;
+        assert_eq!(init.replace('\0', " ").trim(), "/bin/sleep 2147483647");
+        let sleepers = env
+            .exec_ok(
+                &b,
+                &["sh", "-c", "cat /proc/[0-9]*/comm | grep -c '^sleep$'"],
+            )
+            .await;
+        assert_eq!(sleepers.trim(), "3", "pause, a and b in one PID namespace");
         // One IPC namespace for the pod.
         let ipc_a = env.exec_ok(&a, &["readlink", "/proc/self/ns/ipc"]).await;
         let ipc_b = env.exec_ok(&b, &["readlink", "/proc/self/ns/ipc"]).await;

@@ -248,15 +248,20 @@ struct Link {
     iface: Interface,
 }
 
-/// Lists the interfaces with an address (lo and our own taps left out).
-async fn scan_links(handle: &Handle) -> Result<Vec<Link>, NetworkError> {
-    let links: Vec<LinkMessage> = handle
+/// Every link of the namespace.
+async fn list_links(handle: &Handle) -> Result<Vec<LinkMessage>, NetworkError> {
+    handle
         .link()
         .get()
         .execute()
         .try_collect()
         .await
-        .map_err(nl("listing links"))?;
+        .map_err(nl("listing links"))
+}
+
+/// Lists the interfaces with an address (lo and our own taps left out).
+async fn scan_links(handle: &Handle) -> Result<Vec<Link>, NetworkError> {
+    let links = list_links(handle).await?;
     let mut out = Vec::new();
     for link in links {
         let mut name = String::new();
@@ -629,13 +634,7 @@ impl PodNetwork {
 pub async fn leftovers(netns: &Path) -> Result<Vec<String>, NetworkError> {
     in_netns(netns, |handle| async move {
         let mut found = Vec::new();
-        let links: Vec<LinkMessage> = handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing links"))?;
+        let links = list_links(&handle).await?;
         for l in &links {
             for a in &l.attributes {
                 if let LinkAttribute::IfName(n) = a {

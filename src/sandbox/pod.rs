@@ -207,23 +207,18 @@ pub fn vm_size(spec: &Spec, cfg: &HypervisorConfig) -> Result<VmSize, PodError> 
         }
         memory = (m, format!("annotation {MEMORY_ANNOTATION}"));
     }
-    let max_vcpus = u64::from(cfg.max_vcpus());
-    let max_memory = u64::from(cfg.max_memory_mib());
-    if vcpus.0 > max_vcpus {
-        return Err(PodError::TooBig {
-            what: "vCPUs",
-            asked: vcpus.0,
-            max: max_vcpus,
-            by: vcpus.1,
-        });
-    }
-    if memory.0 > max_memory {
-        return Err(PodError::TooBig {
-            what: "MiB of memory",
-            asked: memory.0,
-            max: max_memory,
-            by: memory.1,
-        });
+    for (what, (asked, by), max) in [
+        ("vCPUs", &vcpus, cfg.max_vcpus()),
+        ("MiB of memory", &memory, cfg.max_memory_mib()),
+    ] {
+        if *asked > u64::from(max) {
+            return Err(PodError::TooBig {
+                what,
+                asked: *asked,
+                max: u64::from(max),
+                by: by.clone(),
+            });
+        }
     }
     Ok(VmSize {
         vcpus: vcpus.0 as u32,

@@ -5,13 +5,20 @@
 //!   is gone), and runs the daemon;
 //! - [`task`] is the task service: containerd's 17 task calls on top of a
 //!   [`crate::sandbox::Sandbox`];
+//! - `process` is the process table (containers, their processes and exits); `rootfs`
+//!   turns containerd's rootfs mounts into the sandbox's; `errors` holds the ttrpc
+//!   statuses and the id rule checked at the edge;
 //! - [`stdio`] relays containerd's fifos to and from the guest processes;
 //! - [`events`] publishes task events to containerd, in order.
 
+mod errors;
 pub mod events;
+mod process;
+mod rootfs;
 pub mod stdio;
 pub mod task;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -75,7 +82,7 @@ impl Shim for LazyvmShim {
         let bundle = std::env::current_dir().map_err(|e| Error::Other(e.to_string()))?;
         let spec = Spec::load(bundle.join("config.json")).ok();
         let sandbox_id = sandbox_id_of(spec.as_ref(), &self.id);
-        task::cleanup_dead_shim(&bundle, &sandbox_id);
+        cleanup_dead_shim(&bundle, &sandbox_id);
         let mut resp = DeleteResponse::new();
         // As runc's shim: the task was killed with the shim.
         resp.exit_status = 128 + 9;
@@ -90,6 +97,23 @@ impl Shim for LazyvmShim {
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         TaskService::new(&self.namespace, self.exit.clone(), publisher)
     }
+}
+
+/// containerd's `delete` action: when the pod's shim is gone, kills the sandbox's helpers
+/// by their recorded pids, unmounts, removes the sandbox directory and unmounts the
+/// bundle's rootfs. While the shim lives (containerd also runs `delete` when it merely
+/// closes its connection for a deleted task), the shim cleans up itself: nothing is done.
+fn cleanup_dead_shim(bundle: &Path, sandbox_id: &str) {
+    let dir = crate::sandbox::sandbox_dir(Path::new(crate::sandbox::RUN_DIR), sandbox_id);
+    if crate::sandbox::owner_alive(&dir) {
+        log::info!("delete: the shim of sandbox {sandbox_id} is alive: nothing to clean");
+        return;
+    }
+    crate::sandbox::kill_recorded(&dir);
+    if let Err(e) = crate::mounts::remove_dir_unmounted(&dir) {
+        log::warn!("removing {}: {e}", dir.display());
+    }
+    rootfs::unmount_rootfs(&bundle.join("rootfs"));
 }
 
 /// Runs the shim binary (`containerd-shim-lazyvm-v2`).

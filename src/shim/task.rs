@@ -12,7 +12,7 @@
 //! TaskDelete, and TaskOOM when the guest reports an OOM kill.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,154 +26,26 @@ use containerd_shim_protos::events::task::{
     TaskResumed, TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics::*;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
-use containerd_shim_protos::ttrpc::{Code, Error as TtrpcError, Status};
+use containerd_shim_protos::ttrpc::Code;
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use oci_spec::runtime::Spec;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Mutex;
 
-use super::events::{now, timestamp_ns, Events};
+use super::errors::{check_id, internal, not_found, status_error};
+use super::events::Events;
+use super::process::{status_name, Container, Exit, Proc, State, LOST_STATUS};
+use super::rootfs::{rootfs_of, unmount_rootfs};
 use super::stdio::{Relays, StdioPaths};
 use crate::agent::AgentClient;
 use crate::config::Config;
-use crate::rootfs::ExtraOption;
-use crate::sandbox::{self, pod, Created, Rootfs, Sandbox, SandboxSpec, StartTimings};
+use crate::sandbox::{pod, Created, Sandbox, SandboxSpec, StartTimings};
 
 /// How long output may still arrive after a process exits before its exit is published.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
-/// The status reported for a process whose VM went away.
-const LOST_STATUS: u32 = 255;
-
-fn status_error(code: Code, message: impl Into<String>) -> TtrpcError {
-    let mut s = Status::new();
-    s.set_code(code);
-    s.set_message(message.into());
-    TtrpcError::RpcStatus(s)
-}
-
-fn not_found(what: &str) -> TtrpcError {
-    status_error(Code::NOT_FOUND, format!("{what} not found"))
-}
-
-/// lazyvm's one id rule ([`lazyvm_proto::valid_id`]), checked here where ids enter, so
-/// that no id passes the shim and is refused later, after host mounts were made.
-fn check_id(what: &str, id: &str) -> TtrpcResult<()> {
-    if lazyvm_proto::valid_id(id) {
-        Ok(())
-    } else {
-        Err(status_error(
-            Code::INVALID_ARGUMENT,
-            format!(
-                "invalid {what} {id:?}: lazyvm wants [A-Za-z0-9][A-Za-z0-9_.+-]*, at most {} bytes",
-                lazyvm_proto::MAX_ID_LEN
-            ),
-        ))
-    }
-}
-
-fn internal(e: impl std::fmt::Display) -> TtrpcError {
-    status_error(Code::INTERNAL, e.to_string())
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Exit {
-    status: u32,
-    at: Option<u64>,
-}
-
-impl Exit {
-    fn timestamp(&self) -> Timestamp {
-        self.at.map(timestamp_ns).unwrap_or_else(now)
-    }
-}
-
-/// One process: a container's init (exec id "") or an exec.
-#[derive(Debug)]
-struct Proc {
-    pid: u32,
-    status: TaskStatus,
-    stdio: StdioPaths,
-    /// An exec's OCI process (JSON), until it is started.
-    exec_spec: Option<Vec<u8>>,
-    relays: Option<Relays>,
-    /// A Start is under way (its guest call runs without the table locked).
-    starting: bool,
-    exit_tx: watch::Sender<Option<Exit>>,
-}
-
-impl Proc {
-    fn new(stdio: StdioPaths) -> Proc {
-        Proc {
-            pid: 0,
-            status: TaskStatus::CREATED,
-            stdio,
-            exec_spec: None,
-            relays: None,
-            starting: false,
-            exit_tx: watch::channel(None).0,
-        }
-    }
-
-    fn exit(&self) -> Option<Exit> {
-        *self.exit_tx.borrow()
-    }
-}
-
-#[derive(Debug)]
-struct Container {
-    bundle: PathBuf,
-    /// The rootfs we mounted on the host (`<bundle>/rootfs`), to unmount on delete.
-    host_rootfs: Option<PathBuf>,
-    init: Proc,
-    execs: HashMap<String, Proc>,
-    /// The sandbox's start timings (if this container booted it) and its own create.
-    timings: (Option<StartTimings>, Created),
-}
-
-impl Container {
-    fn process(&self, exec_id: &str) -> TtrpcResult<&Proc> {
-        if exec_id.is_empty() {
-            Ok(&self.init)
-        } else {
-            self.execs
-                .get(exec_id)
-                .ok_or_else(|| not_found(&format!("exec {exec_id}")))
-        }
-    }
-
-    fn process_mut(&mut self, exec_id: &str) -> TtrpcResult<&mut Proc> {
-        if exec_id.is_empty() {
-            Ok(&mut self.init)
-        } else {
-            self.execs
-                .get_mut(exec_id)
-                .ok_or_else(|| not_found(&format!("exec {exec_id}")))
-        }
-    }
-}
-
-#[derive(Default)]
-struct State {
-    containers: HashMap<String, Container>,
-}
-
-impl State {
-    fn container(&self, id: &str) -> TtrpcResult<&Container> {
-        self.containers
-            .get(id)
-            .ok_or_else(|| not_found(&format!("container {id}")))
-    }
-
-    fn container_mut(&mut self, id: &str) -> TtrpcResult<&mut Container> {
-        self.containers
-            .get_mut(id)
-            .ok_or_else(|| not_found(&format!("container {id}")))
-    }
-}
 
 /// The task service of one shim.
 #[derive(Clone)]
@@ -340,109 +212,6 @@ impl TaskService {
     }
 }
 
-/// The annotation listing files nydusd prefetches for a nydus rootfs: a JSON array of
-/// absolute paths, or the paths separated by commas or newlines.
-pub const PREFETCH_ANNOTATION: &str = "io.lazyvm.nydus.prefetch-files";
-
-/// The prefetch list of the spec's annotation; relative or empty entries are an error.
-pub fn prefetch_files(spec: &Spec) -> TtrpcResult<Vec<String>> {
-    let Some(value) = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(PREFETCH_ANNOTATION))
-    else {
-        return Ok(Vec::new());
-    };
-    let files: Vec<String> = match serde_json::from_str::<Vec<String>>(value) {
-        Ok(list) => list,
-        Err(_) => value
-            .split([',', '\n'])
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
-    };
-    if let Some(bad) = files.iter().find(|f| !f.starts_with('/')) {
-        return Err(status_error(
-            Code::INVALID_ARGUMENT,
-            format!("{PREFETCH_ANNOTATION}: {bad:?} is not an absolute path"),
-        ));
-    }
-    Ok(files)
-}
-
-/// The container's rootfs from containerd's mounts: a nydus image is handed to the
-/// sandbox as it is; anything else is mounted on the host at `<bundle>/rootfs` (returned
-/// second, to unmount on delete); no mounts means the bundle's own root directory.
-fn rootfs_of(
-    bundle: &Path,
-    spec: &Spec,
-    mounts: &[containerd_shim_protos::types::mount::Mount],
-) -> TtrpcResult<(Rootfs, Option<PathBuf>)> {
-    if let Some(m) = mounts
-        .iter()
-        .find(|m| m.type_ == crate::rootfs::NYDUS_MOUNT_TYPE)
-    {
-        let extra = ExtraOption::from_mount_options(&m.options)
-            .map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))?;
-        let prefetch_files = prefetch_files(spec)?;
-        return Ok((
-            Rootfs::Nydus {
-                extra,
-                prefetch_files,
-            },
-            None,
-        ));
-    }
-    if mounts.is_empty() {
-        let root = spec.root().as_ref().map(|r| r.path().clone());
-        let root = root.unwrap_or_else(|| PathBuf::from("rootfs"));
-        let dir = if root.is_absolute() {
-            root
-        } else {
-            bundle.join(root)
-        };
-        return Ok((Rootfs::HostDir(dir), None));
-    }
-    let target = bundle.join("rootfs");
-    std::fs::create_dir_all(&target).map_err(internal)?;
-    for m in mounts {
-        if let Err(e) = containerd_shim::mount::mount_rootfs(
-            Some(m.type_.as_str()).filter(|t| !t.is_empty()),
-            Some(m.source.as_str()).filter(|s| !s.is_empty()),
-            &m.options,
-            &target,
-        ) {
-            unmount_rootfs(&target);
-            return Err(internal(format!("mounting the rootfs ({}): {e}", m.type_)));
-        }
-    }
-    Ok((Rootfs::HostDir(target.clone()), Some(target)))
-}
-
-fn unmount_rootfs(target: &Path) {
-    if let Err(e) = crate::mounts::unmount_all_under(target) {
-        log::warn!("unmounting {}: {e}", target.display());
-    }
-}
-
-/// containerd's `delete` action: when the pod's shim is gone, kills the sandbox's helpers
-/// by their recorded pids, unmounts, removes the sandbox directory and unmounts the
-/// bundle's rootfs. While the shim lives (containerd also runs `delete` when it merely
-/// closes its connection for a deleted task), the shim cleans up itself: nothing is done.
-pub fn cleanup_dead_shim(bundle: &Path, sandbox_id: &str) {
-    let dir = sandbox::sandbox_dir(Path::new(sandbox::RUN_DIR), sandbox_id);
-    if sandbox::owner_alive(&dir) {
-        log::info!("delete: the shim of sandbox {sandbox_id} is alive: nothing to clean");
-        return;
-    }
-    sandbox::kill_recorded(&dir);
-    if let Err(e) = crate::mounts::remove_dir_unmounted(&dir) {
-        log::warn!("removing {}: {e}", dir.display());
-    }
-    unmount_rootfs(&bundle.join("rootfs"));
-}
-
 /// One line per container with its start-up phases, for operators and tests:
 /// `lazyvm timings <cid>: vm_boot_ms=… nydusd_ready_ms=… sandbox_ms=… rafs_mount_ms=…
 /// create_ms=… start_ms=…` (the sandbox phases only for the container that booted it).
@@ -462,16 +231,6 @@ fn log_timings(cid: &str, boot: Option<StartTimings>, created: Created, start: D
     }
     line += &format!(" create_ms={} start_ms={}", ms(created.total), ms(start));
     log::info!("{line}");
-}
-
-fn status_name(s: TaskStatus) -> &'static str {
-    match s {
-        TaskStatus::CREATED => "created",
-        TaskStatus::RUNNING => "running",
-        TaskStatus::STOPPED => "stopped",
-        TaskStatus::PAUSED => "paused",
-        _ => "unknown",
-    }
 }
 
 #[async_trait]
@@ -1068,18 +827,5 @@ impl Task for TaskService {
         }
         self.inner.exit.signal();
         Ok(api::Empty::new())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_checked_at_the_edge() {
-        assert!(check_id("container id", "c1").is_ok());
-        let e = check_id("exec id", "../x").unwrap_err();
-        assert!(e.to_string().contains("invalid exec id"), "{e}");
-        assert!(check_id("container id", &"a".repeat(129)).is_err());
     }
 }

@@ -31,7 +31,7 @@ use k8s_cri::v1::{
 };
 use tonic::transport::Channel;
 
-use crate::common::{busybox_rootfs, processes_mentioning, write_config};
+use crate::common::{busybox_rootfs, oci_image_archive_cmd, processes_mentioning, write_config};
 
 /// The CRI's containerd namespace.
 pub const K8S_NS: &str = "k8s.io";
@@ -67,71 +67,6 @@ pub async fn within<T>(what: &str, secs: u64, fut: impl Future<Output = T>) -> T
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Builds an OCI image archive (for `ctr images import`) of `rootfs`, named `name`, whose
-/// config runs `cmd`.
-pub fn oci_image_archive_cmd(rootfs: &Path, name: &str, cmd: &[&str], out: &Path) {
-    let mut layer = tar::Builder::new(Vec::new());
-    layer.follow_symlinks(false);
-    layer.append_dir_all(".", rootfs).unwrap();
-    let layer = layer.into_inner().unwrap();
-    let layer_digest = sha256_hex(&layer);
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Env": ["PATH=/bin:/usr/bin:/sbin:/usr/sbin"], "Cmd": cmd},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
-    }))
-    .unwrap();
-    let config_digest = sha256_hex(&config);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": format!("sha256:{config_digest}"), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": format!("sha256:{layer_digest}"), "size": layer.len()}]
-    }))
-    .unwrap();
-    let manifest_digest = sha256_hex(&manifest);
-    let index = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{manifest_digest}"), "size": manifest.len(),
-            "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"io.containerd.image.name": name,
-                            "org.opencontainers.image.ref.name": "latest"}
-        }]
-    }))
-    .unwrap();
-    let mut archive = tar::Builder::new(std::fs::File::create(out).unwrap());
-    let mut add = |path: &str, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        archive.append_data(&mut h, path, data).unwrap();
-    };
-    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
-    add("index.json", &index);
-    for (digest, data) in [
-        (&layer_digest, &layer),
-        (&config_digest, &config),
-        (&manifest_digest, &manifest),
-    ] {
-        add(&format!("blobs/sha256/{digest}"), data);
-    }
-    archive.finish().unwrap();
 }
 
 /// The busybox rootfs of the app image: the common one plus [`MORE_APPLETS`], a web root

@@ -230,8 +230,13 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 /// Builds an OCI image archive (for `ctr images import`) of the directory `rootfs`,
-/// named `name`.
+/// named `name`, whose config runs `sh`.
 pub fn oci_image_archive(rootfs: &Path, name: &str, out: &Path) {
+    oci_image_archive_cmd(rootfs, name, &["sh"], out)
+}
+
+/// Like [`oci_image_archive`], with an image config that runs `cmd`.
+pub fn oci_image_archive_cmd(rootfs: &Path, name: &str, cmd: &[&str], out: &Path) {
     let mut layer = tar::Builder::new(Vec::new());
     layer.follow_symlinks(false);
     layer.append_dir_all(".", rootfs).unwrap();
@@ -240,7 +245,7 @@ pub fn oci_image_archive(rootfs: &Path, name: &str, out: &Path) {
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/bin:/usr/bin:/sbin:/usr/sbin"], "Cmd": ["sh"]},
+        "config": {"Env": ["PATH=/bin:/usr/bin:/sbin:/usr/sbin"], "Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
     }))
     .unwrap();
