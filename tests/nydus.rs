@@ -86,16 +86,43 @@ async fn nydus_containers_share_a_vm_and_clean_up() {
         &pod.tmp.path().join("image"),
     );
 
+    // Every event subscriber sees TaskCreate: it must not carry the nydusd configuration.
+    let events = pod
+        .containerd
+        .ctr_command(&["events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
     // The pod's first container (the VM boots for it) runs from the image.
     let first = pod.id.clone();
-    pod.create(
-        &first,
-        &["sleep", "1000"],
-        vec![nydus_mount(&image, &snapshotdir(pod.tmp.path(), "first"))],
-        &[],
-    )
-    .await
-    .unwrap();
+    let first_mount = nydus_mount(&image, &snapshotdir(pod.tmp.path(), "first"));
+    let first_extraoption = first_mount
+        .options
+        .iter()
+        .find(|o| o.starts_with("extraoption="))
+        .cloned()
+        .unwrap();
+    pod.create(&first, &["sleep", "1000"], vec![first_mount], &[])
+        .await
+        .unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(events.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let printed = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    let create = printed
+        .lines()
+        .find(|l| l.contains("/tasks/create") && l.contains(&first))
+        .unwrap_or_else(|| panic!("no TaskCreate for {first} in:\n{printed}"));
+    let payload = &first_extraoption["extraoption=".len()..];
+    assert!(
+        !create.contains(payload),
+        "TaskCreate carries the extraoption: {create}"
+    );
+    assert!(create.contains("redacted"), "{create}");
     pod.start(&first).await;
     assert_eq!(pod.status(&first).await, RUNNING);
 

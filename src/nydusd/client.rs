@@ -313,6 +313,21 @@ impl NydusClient {
         let path = format!("/api/v1/mount?mountpoint={}", encode(mountpoint));
         self.call_no_content(Method::POST, &path, Bytes::from(body))
             .await
+            .map_err(|e| match e {
+                // nydusd may quote the configuration back: never pass its secrets on.
+                ClientError::Api {
+                    what,
+                    status,
+                    code,
+                    message,
+                } => ClientError::Api {
+                    what,
+                    status,
+                    code,
+                    message: redact(&message, &req.config),
+                },
+                other => other,
+            })
     }
 
     /// Unmounts the filesystem at `mountpoint` (`DELETE /api/v1/mount`).
@@ -422,6 +437,48 @@ fn strip_query(path: &str) -> &str {
     path.split('?').next().unwrap_or(path)
 }
 
+/// Keys whose string values in a nydusd configuration are secrets.
+const SECRET_KEYS: &[&str] = &["auth", "password", "token", "secret", "key"];
+
+/// `message` without the nydusd configuration `config` (when quoted whole) and without
+/// any secret of it (string values of keys naming an auth, password, token, secret or
+/// key, at any depth).
+fn redact(message: &str, config: &str) -> String {
+    let mut out = message.to_string();
+    if config.len() > 2 && out.contains(config) {
+        out = out.replace(config, "<nydusd configuration, not shown>");
+    }
+    fn secrets(v: &serde_json::Value, found: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let k = k.to_ascii_lowercase();
+                    match v {
+                        serde_json::Value::String(s)
+                            if !s.is_empty() && SECRET_KEYS.iter().any(|w| k.contains(w)) =>
+                        {
+                            found.push(s.clone())
+                        }
+                        _ => secrets(v, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(list) => list.iter().for_each(|v| secrets(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(config) {
+        secrets(&v, &mut found);
+    }
+    // Longest first, so that a secret containing another is replaced whole.
+    found.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for s in found {
+        out = out.replace(&s, "<redacted>");
+    }
+    out
+}
+
 fn api_error(what: String, status: StatusCode, body: &[u8]) -> ClientError {
     let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
         Ok(e) => (e.code, e.message),
@@ -450,6 +507,22 @@ mod tests {
     fn mountpoint_is_percent_encoded() {
         assert_eq!(encode("/rafs/c1/lowerdir"), "/rafs/c1/lowerdir");
         assert_eq!(encode("/a b&c=d?e#f+g"), "/a%20b%26c%3Dd%3Fe%23f%2Bg");
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_nydusd_messages() {
+        let config = r#"{"device":{"backend":{"type":"registry","config":{"host":"r:5000","auth":"dXNlcjpzM2NyZXQ=","registry_token":"tok-123456"}}},"mode":"direct"}"#;
+        let msg = "failed to mount: invalid auth dXNlcjpzM2NyZXQ= for r:5000 (token tok-123456)";
+        let out = redact(msg, config);
+        assert!(
+            !out.contains("dXNlcjpzM2NyZXQ=") && !out.contains("tok-123456"),
+            "{out}"
+        );
+        assert!(out.contains("r:5000"), "{out}");
+        let out = redact(&format!("bad config {config}"), config);
+        assert_eq!(out, "bad config <nydusd configuration, not shown>");
+        assert_eq!(redact("plain", ""), "plain");
+        assert_eq!(redact("plain", "not json"), "plain");
     }
 
     #[test]

@@ -16,6 +16,22 @@ use serde_json::Value;
 
 const KEY: &str = "extraoption=";
 
+/// `options` with the value of any `extraoption=` replaced by `<redacted>`: what may be
+/// shown of a nydus rootfs mount (events, logs) without its nydusd configuration, which
+/// can hold registry credentials.
+pub fn redact_options(options: &[String]) -> Vec<String> {
+    options
+        .iter()
+        .map(|o| {
+            if o.starts_with(KEY) {
+                format!("{KEY}<redacted>")
+            } else {
+                o.clone()
+            }
+        })
+        .collect()
+}
+
 /// The RAFS format version named by an extraoption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsVersion {
@@ -166,6 +182,19 @@ impl fmt::Display for ExtraOption {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_options_keep_all_but_the_extraoption() {
+        let opts = vec![
+            "workdir=/w".to_string(),
+            "extraoption=eyJjb25maWciOiJzZWNyZXQifQ==".to_string(),
+            "lowerdir=/l".to_string(),
+        ];
+        assert_eq!(
+            redact_options(&opts),
+            ["workdir=/w", "extraoption=<redacted>", "lowerdir=/l"]
+        );
+    }
 
     const SECRET: &str = "dXNlcjpodW50ZXIy";
 

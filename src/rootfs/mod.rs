@@ -4,7 +4,7 @@
 
 pub mod extraoption;
 
-pub use extraoption::{ExtraOption, ExtraOptionError, FsVersion};
+pub use extraoption::{redact_options, ExtraOption, ExtraOptionError, FsVersion};
 
 /// The mount type containerd's nydus snapshotter gives a nydus container's rootfs.
 pub const NYDUS_MOUNT_TYPE: &str = "fuse.nydus-overlayfs";

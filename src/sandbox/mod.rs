@@ -249,6 +249,15 @@ pub fn sandbox_key(id: &str) -> String {
     format!("h{hash:016x}")
 }
 
+/// Creates directory `dir` for its owner only (mode 0700, whatever the umask): a
+/// sandbox directory holds the sandbox's API, QMP and agent sockets.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    // The umask can only have taken bits away: set the mode exactly.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// The sandbox directory of `id` under `run_dir`.
 pub fn sandbox_dir(run_dir: &Path, id: &str) -> PathBuf {
     run_dir.join(sandbox_key(id))
@@ -264,7 +273,7 @@ impl Sandbox {
             path: spec.run_dir.clone(),
             source,
         })?;
-        if let Err(source) = std::fs::create_dir(&dir) {
+        if let Err(source) = create_private_dir(&dir) {
             return Err(if source.kind() == std::io::ErrorKind::AlreadyExists {
                 SandboxError::Exists(dir)
             } else {
@@ -830,6 +839,18 @@ mod tests {
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9));
+    }
+
+    #[test]
+    fn sandbox_directories_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        create_private_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let e = create_private_dir(&dir).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
     }
 
     #[test]

@@ -315,7 +315,17 @@ impl Task for TaskService {
             TaskCreate {
                 container_id: cid.clone(),
                 bundle: req.bundle.clone(),
-                rootfs: req.rootfs.clone(),
+                // Everyone subscribed to containerd's events sees this: never the nydusd
+                // configuration (registry credentials) inside an extraoption.
+                rootfs: req
+                    .rootfs
+                    .iter()
+                    .map(|m| {
+                        let mut m = m.clone();
+                        m.options = crate::rootfs::redact_options(&m.options);
+                        m
+                    })
+                    .collect(),
                 io: MessageField::some(TaskIO {
                     stdin: stdio.stdin,
                     stdout: stdio.stdout,
