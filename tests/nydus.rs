@@ -87,14 +87,7 @@ async fn nydus_containers_share_a_vm_and_clean_up() {
     );
 
     // Every event subscriber sees TaskCreate: it must not carry the nydusd configuration.
-    let events = pod
-        .containerd
-        .ctr_command(&["events"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let events = pod.containerd.events();
 
     // The pod's first container (the VM boots for it) runs from the image.
     let first = pod.id.clone();
@@ -108,11 +101,7 @@ async fn nydus_containers_share_a_vm_and_clean_up() {
     pod.create(&first, &["sleep", "1000"], vec![first_mount], &[])
         .await
         .unwrap();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(events.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let printed = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    let printed = containerd::stop_events(events);
     let create = printed
         .lines()
         .find(|l| l.contains("/tasks/create") && l.contains(&first))

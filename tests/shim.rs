@@ -207,26 +207,14 @@ fn topics_for(events: &str, cid: &str) -> Vec<String> {
 #[test]
 fn events_come_in_order() {
     let env = setup();
-    let events = env
-        .containerd
-        .ctr_command(&["events"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let events = env.containerd.events();
     let cid = id("ev");
     env.run_detached(&cid);
     let out = env.ctr(&["task", "exec", "--exec-id", "e1", &cid, "true"]);
     assert!(out.status.success());
     env.kill_and_delete(&cid);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(events.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let out = events.wait_with_output().unwrap();
-    let printed = text(&out.stdout);
+    let printed = containerd::stop_events(events);
     eprintln!("{printed}");
     assert_eq!(
         topics_for(&printed, &cid),

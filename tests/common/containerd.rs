@@ -305,6 +305,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         c
     }
 
+    /// Starts `ctr events` (stopped and read with [`stop_events`]), and gives it a moment
+    /// to subscribe.
+    pub fn events(&self) -> std::process::Child {
+        let child = self
+            .ctr_command(&["events"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        child
+    }
+
     /// Runs `ctr` and returns its output.
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
         self.ctr_command(args)
@@ -312,6 +325,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .output()
             .unwrap()
     }
+}
+
+/// Stops a `ctr events` of [`Containerd::events`] (by pid) and returns what it printed.
+pub fn stop_events(events: std::process::Child) -> String {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(events.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned()
 }
 
 impl Drop for Containerd {
