@@ -101,17 +101,6 @@ async fn nydus_containers_share_a_vm_and_clean_up() {
     pod.create(&first, &["sleep", "1000"], vec![first_mount], &[])
         .await
         .unwrap();
-    let printed = containerd::stop_events(events);
-    let create = printed
-        .lines()
-        .find(|l| l.contains("/tasks/create") && l.contains(&first))
-        .unwrap_or_else(|| panic!("no TaskCreate for {first} in:\n{printed}"));
-    let payload = &first_extraoption["extraoption=".len()..];
-    assert!(
-        !create.contains(payload),
-        "TaskCreate carries the extraoption: {create}"
-    );
-    assert!(create.contains("redacted"), "{create}");
     pod.start(&first).await;
     assert_eq!(pod.status(&first).await, RUNNING);
 
@@ -159,6 +148,19 @@ async fn nydus_containers_share_a_vm_and_clean_up() {
     );
     pod.assert_container_gone(&second);
     assert_eq!(pod.status(&first).await, RUNNING, "the VM must stay up");
+
+    // (Events are published asynchronously: read them well after the create.)
+    let printed = containerd::stop_events(events);
+    let create = printed
+        .lines()
+        .find(|l| l.contains("/tasks/create") && l.contains(&first))
+        .unwrap_or_else(|| panic!("no TaskCreate for {first} in:\n{printed}"));
+    let payload = &first_extraoption["extraoption=".len()..];
+    assert!(
+        !create.contains(payload),
+        "TaskCreate carries the extraoption: {create}"
+    );
+    assert!(create.contains("redacted"), "{create}");
 
     let log = std::fs::read_to_string(pod.containerd.dir.join("containerd.log")).unwrap();
     let timings: Vec<&str> = log
