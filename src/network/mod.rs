@@ -19,7 +19,7 @@ pub mod tap;
 use std::fmt;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
@@ -33,6 +33,8 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::tc::TcHandle;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use crate::hypervisor::NetDevice;
 
 /// `ETH_P_ALL`, as tc wants it: in network byte order.
 const ETH_P_ALL_BE: u16 = 0x0003_u16.to_be();
@@ -145,15 +147,6 @@ pub struct GuestNetwork {
     pub routes: Vec<Route>,
     /// Permanent neighbours.
     pub neighbors: Vec<Neighbor>,
-}
-
-/// A guest NIC for QEMU: the tap's queue file descriptor and the MAC to give the NIC.
-#[derive(Debug, Clone, Copy)]
-pub struct Nic<'a> {
-    /// The tap's file descriptor (QEMU inherits it).
-    pub fd: RawFd,
-    /// The guest NIC's MAC.
-    pub mac: &'a str,
 }
 
 /// One veth ↔ tap pair.
@@ -584,20 +577,15 @@ impl PodNetwork {
         &self.guest
     }
 
-    /// The NICs to give QEMU.
-    pub fn nics(&self) -> Vec<Nic<'_>> {
+    /// The NICs to give QEMU: each tap's file descriptor with the veth's MAC.
+    pub fn nics(&self) -> Vec<NetDevice> {
         self.pairs
             .iter()
-            .map(|p| Nic {
+            .map(|p| NetDevice {
                 fd: p.tap.as_raw_fd(),
-                mac: &p.mac,
+                mac: p.mac.clone(),
             })
             .collect()
-    }
-
-    /// The pod network namespace.
-    pub fn netns(&self) -> &Path {
-        &self.netns
     }
 
     /// Removes the redirects and the taps (QEMU must have exited, or the taps live on

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::agent::{AgentClient, AgentError, Storage};
 use crate::config::Config;
 use crate::hypervisor::qemu::console_tail;
-use crate::hypervisor::{NetDevice, Qemu, QemuError, VhostVsock, VmFiles, VsockError};
+use crate::hypervisor::{Qemu, QemuError, VhostVsock, VmFiles, VsockError};
 use crate::mounts::{self, MountError};
 use crate::network::{NetworkError, PodNetwork};
 use crate::nydusd::{self, DaemonConfig, DaemonError, LogLevel, Mode, MountpointError, Nydusd};
@@ -108,9 +108,6 @@ pub enum SandboxError {
     /// The pod's network could not be connected to the VM.
     #[error("pod network: {0}")]
     Network(#[from] NetworkError),
-    /// The spec asks for what a VM cannot give, or a pod annotation is wrong.
-    #[error(transparent)]
-    Pod(#[from] pod::PodError),
     /// An app container arrived before its pod's sandbox container.
     #[error(
         "container {0:?} is a pod's app container, but the pod has no sandbox container in this VM"
@@ -128,7 +125,6 @@ impl SandboxError {
                 | SandboxError::ContainerExists(_)
                 | SandboxError::Bootstrap(_)
                 | SandboxError::Snapshotdir(_)
-                | SandboxError::Pod(_)
                 | SandboxError::NoPodSandbox(_)
         )
     }
@@ -391,15 +387,7 @@ impl Sandbox {
             vhost_vsock: self.dir.join("vhost-vsock.sock"),
             qmp: self.dir.join("qmp.sock"),
             console: console.clone(),
-            nics: self
-                .network
-                .iter()
-                .flat_map(PodNetwork::nics)
-                .map(|n| NetDevice {
-                    fd: n.fd,
-                    mac: n.mac.to_string(),
-                })
-                .collect(),
+            nics: self.network.iter().flat_map(PodNetwork::nics).collect(),
         };
         let vsock = VhostVsock::start(
             &cfg.vsock.path,
@@ -514,8 +502,8 @@ impl Sandbox {
     }
 
     /// Creates container `cid` from `rootfs` and its OCI spec (adapted for the guest: see
-    /// [`spec::adapt`]); returns the guest pid of its init process. On failure nothing of
-    /// it is left.
+    /// [`spec::adapt`]; the caller has refused what a VM cannot give, [`pod::check`]); returns
+    /// the guest pid of its init process. On failure nothing of it is left.
     pub async fn create_container(
         &mut self,
         cid: &str,
@@ -527,7 +515,6 @@ impl Sandbox {
         if self.containers.contains_key(cid) {
             return Err(SandboxError::ContainerExists(cid.to_string()));
         }
-        pod::check(&oci_spec)?;
         let role = pod::role(&oci_spec);
         let join = match role {
             pod::Role::Container => Some(
