@@ -10,9 +10,12 @@
 //! - [`agent`] is the host side of the guest agent protocol (ttrpc over hybrid vsock);
 //! - [`config`] is the runtime configuration (TOML with defaults);
 //! - [`network`] connects a pod's network namespace to the VM (taps, tc redirects);
-//! - [`process`] supervises the helper processes; [`mounts`] handles host mounts.
+//! - [`process`] supervises the helper processes; [`mounts`] handles host mounts;
+//! - [`beneath`] is every file operation in a directory the guest can see: no symlink
+//!   is followed and no mount crossed.
 
 pub mod agent;
+pub mod beneath;
 pub mod config;
 pub mod hypervisor;
 pub mod mounts;

@@ -1,10 +1,13 @@
-//! Host mounts: bind mounts into the shared directory, and unmounting what lies under a
-//! directory before it is removed (so a removal never reaches into a user's data).
+//! Host mounts: the guest's read-only view of a sandbox's shared tree, the mount table,
+//! and unmounting what lies under a directory before it is removed (binds into the tree
+//! are made by [`crate::beneath`], which no symlink can redirect).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::beneath::{self, BeneathError};
 
 /// One line of /proc/self/mountinfo, the parts lazyvm needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,17 +35,9 @@ pub enum MountError {
     /// Reading the mount table failed.
     #[error("reading /proc/self/mountinfo: {0}")]
     Table(#[source] io::Error),
-    /// A directory could not be prepared or removed.
-    #[error("{op} {path:?}: {source}")]
-    Io {
-        /// What was done.
-        op: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
+    /// A directory could not be removed (nothing is removed across a mount).
+    #[error(transparent)]
+    Remove(#[from] BeneathError),
 }
 
 /// The current mount table.
@@ -92,78 +87,44 @@ pub fn is_mounted(path: &Path, fstype: impl Fn(&str) -> bool) -> bool {
         .unwrap_or(false)
 }
 
-/// Bind-mounts `source` (recursively) on `target`, creating `target`.
-pub fn bind(source: &Path, target: &Path) -> Result<(), MountError> {
-    std::fs::create_dir_all(target).map_err(|source| MountError::Io {
-        op: "creating",
-        path: target.to_path_buf(),
-        source,
-    })?;
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| MountError::Sys {
-        op: "bind-mounting onto",
+fn set_propagation(target: &Path, flags: MsFlags, what: &'static str) -> Result<(), MountError> {
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(|e| MountError::Sys {
+        op: what,
         path: target.to_path_buf(),
         source: e,
     })
 }
 
-/// Bind-mounts a file or directory `source` on `target`, creating `target` (an empty file
-/// for a file source) and its parents.
-pub fn bind_any(source: &Path, target: &Path) -> Result<(), MountError> {
-    let meta = std::fs::metadata(source).map_err(|e| MountError::Io {
-        op: "sharing",
-        path: source.to_path_buf(),
-        source: e,
-    })?;
-    if meta.is_dir() {
-        return bind(source, target);
-    }
-    let io_err = |op: &'static str| {
-        let path = target.to_path_buf();
-        move |source| MountError::Io { op, path, source }
+/// Gives `shared` a read-only view of `private`, in which what is later mounted under
+/// `private` appears too (with that mount's own flags): `private` becomes a mount of its
+/// own in a peer group of its own (bound onto itself, made private then shared), and
+/// `shared` a read-only bind of it that receives its mounts and sends none back (slave).
+/// Both directories must exist and be created by the host; the guest is given `shared`.
+pub fn share_read_only(private: &Path, shared: &Path) -> Result<(), MountError> {
+    let bind = |src: &Path, dst: &Path| {
+        mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
+            MountError::Sys {
+                op: "bind-mounting onto",
+                path: dst.to_path_buf(),
+                source: e,
+            }
+        })
     };
-    if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err("creating the parent of"))?;
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(target)
-        .map_err(io_err("creating"))?;
+    bind(private, private)?;
+    set_propagation(private, MsFlags::MS_PRIVATE, "making a private mount of")?;
+    set_propagation(private, MsFlags::MS_SHARED, "making a shared mount of")?;
+    bind(private, shared)?;
+    set_propagation(shared, MsFlags::MS_SLAVE, "making a slave mount of")?;
     mount(
-        Some(source),
-        target,
         None::<&str>,
-        MsFlags::MS_BIND,
+        shared,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
         None::<&str>,
     )
     .map_err(|e| MountError::Sys {
-        op: "bind-mounting onto",
-        path: target.to_path_buf(),
-        source: e,
-    })
-}
-
-/// Makes the mount at `target` a slave: mounts and unmounts under its source propagate in,
-/// nothing propagates back.
-pub fn make_slave(target: &Path) -> Result<(), MountError> {
-    mount(
-        None::<&str>,
-        target,
-        None::<&str>,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| MountError::Sys {
-        op: "making a slave mount of",
-        path: target.to_path_buf(),
+        op: "making read-only",
+        path: shared.to_path_buf(),
         source: e,
     })
 }
@@ -180,7 +141,7 @@ pub fn unmount_all_under(dir: &Path) -> Result<(), MountError> {
     for p in under {
         // A stacked mount point appears once per mount: repeat until none is left.
         loop {
-            match umount2(&p, MntFlags::MNT_DETACH) {
+            match umount2(&p, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
                 Ok(()) => continue,
                 Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => break,
                 Err(e) => {
@@ -196,28 +157,15 @@ pub fn unmount_all_under(dir: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
-/// Unmounts whatever is mounted under `dir`, then removes `dir` and its contents. Refuses
-/// to remove anything while a mount remains under it.
+/// Unmounts whatever is mounted under `dir`, then removes `dir` and its contents without
+/// following a symlink or crossing a mount point ([`beneath::remove_tree`]): a mount that
+/// survived the unmount stops the removal with an error naming it.
 pub fn remove_dir_unmounted(dir: &Path) -> Result<(), MountError> {
-    if !dir.exists() {
+    if std::fs::symlink_metadata(dir).is_err() {
         return Ok(());
     }
     unmount_all_under(dir)?;
-    if let Some(m) = mount_table()?
-        .into_iter()
-        .find(|m| m.mount_point.starts_with(dir))
-    {
-        return Err(MountError::Io {
-            op: "removing",
-            path: dir.to_path_buf(),
-            source: io::Error::other(format!("{} is still mounted", m.mount_point.display())),
-        });
-    }
-    std::fs::remove_dir_all(dir).map_err(|source| MountError::Io {
-        op: "removing",
-        path: dir.to_path_buf(),
-        source,
-    })
+    beneath::remove_tree(dir).map_err(MountError::Remove)
 }
 
 #[cfg(test)]
@@ -235,20 +183,54 @@ mod tests {
     }
 
     #[test]
-    fn bind_then_remove_leaves_the_source_intact() {
+    fn the_shared_view_is_read_only_but_shows_what_is_bound_later() {
+        use crate::beneath::{Beneath, BindOptions, BindSource};
         let tmp = tempfile::tempdir().unwrap();
-        let src = tmp.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        std::fs::write(src.join("precious"), "data").unwrap();
-        let dir = tmp.path().join("sandbox");
-        let target = dir.join("shared/c1/rootfs");
-        bind(&src, &target).unwrap();
-        assert!(target.join("precious").exists());
-        assert!(is_mounted(&target, |_| true));
-        remove_dir_unmounted(&dir).unwrap();
-        assert!(!dir.exists());
+        let sandbox = tmp.path().join("sandbox");
+        let (private, shared) = (sandbox.join("private"), sandbox.join("shared"));
+        std::fs::create_dir_all(&private).unwrap();
+        std::fs::create_dir_all(&shared).unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("precious"), "data").unwrap();
+        struct Cleanup(PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = unmount_all_under(&self.0);
+            }
+        }
+        let _cleanup = Cleanup(sandbox.clone());
+        share_read_only(&private, &shared).unwrap();
+        // The structure is read-only to whoever is given `shared`.
+        let err = std::fs::create_dir(shared.join("evil")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::EROFS));
+        let host = Beneath::open(&private).unwrap();
+        let rw = BindOptions {
+            readonly: false,
+            recursive: true,
+        };
+        host.bind(BindSource::Path(&data), Path::new("c1/rootfs"), rw)
+            .unwrap();
+        host.bind(
+            BindSource::Path(&data),
+            Path::new("c1/mounts/0-data"),
+            BindOptions {
+                readonly: true,
+                ..rw
+            },
+        )
+        .unwrap();
+        // What is bound read-write appears read-write, the rest stays read-only.
+        std::fs::write(shared.join("c1/rootfs/new"), "n").unwrap();
+        assert!(data.join("new").exists());
+        let err = std::fs::write(shared.join("c1/mounts/0-data/new"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::EROFS));
+        assert!(std::fs::create_dir(shared.join("c1/evil")).is_err());
+        // Teardown unmounts everything, then removes without touching the data.
+        remove_dir_unmounted(&sandbox).unwrap();
+        assert!(!sandbox.exists());
         assert_eq!(
-            std::fs::read_to_string(src.join("precious")).unwrap(),
+            std::fs::read_to_string(data.join("precious")).unwrap(),
             "data"
         );
     }

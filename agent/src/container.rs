@@ -200,6 +200,9 @@ pub struct Container {
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
     /// Whether StartContainer ran.
     pub started: Mutex<bool>,
+    /// Whether `crun delete` ran: a RemoveContainer retried after a failed cleanup
+    /// (a mount that would not go, say) skips it.
+    pub deleted: Mutex<bool>,
 }
 
 impl Container {

@@ -16,6 +16,7 @@ mod modules;
 mod mount;
 mod network;
 mod reaper;
+mod remove;
 mod rootfs;
 mod runtime;
 mod service;

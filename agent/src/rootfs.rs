@@ -5,11 +5,15 @@
 //! a real pivot_root.
 
 use std::ffi::CString;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use nix::mount::{mount, MsFlags};
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{mknod, Mode, SFlag};
+
+use crate::remove;
 
 /// Set in the environment of the re-executed agent.
 pub const SWITCHED_ENV: &str = "LAZYVM_AGENT_SWITCHED";
@@ -74,6 +78,29 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), RootfsError> {
     Ok(())
 }
 
+/// Opens a directory for reading, close-on-exec.
+fn open_dir(path: &Path) -> Result<OwnedFd, RootfsError> {
+    let fd = open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io("opening", path)(nix_io(e)))?;
+    // SAFETY: open just returned this descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Frees the initramfs's memory, as switch_root does, once the new root is in place:
+/// removes the old root's contents through `old_root` (the new root's mount point kept),
+/// never crossing a mount (one left there, /proc say, keeps its directory). Best effort:
+/// a failure is logged.
+fn free_old_root(old_root: OwnedFd) {
+    let keep = Path::new(NEW_ROOT).file_name();
+    if let Err(e) = remove::remove_contents_at(old_root.as_fd(), Path::new("(initramfs)"), keep) {
+        log::warn!("freeing the initramfs (best effort): {e}");
+    }
+}
+
 /// Copies `/` into a tmpfs, makes it the root and re-executes `/init` with the same
 /// arguments. Returns only on failure (the caller then carries on from the initramfs).
 pub fn switch_to_tmpfs() -> RootfsError {
@@ -107,29 +134,25 @@ pub fn switch_to_tmpfs() -> RootfsError {
                 copy_one(parent, new_root, &entry.file_name())?;
             }
         }
-        // Free the initramfs's memory, as switch_root does (best effort).
-        if let Ok(entries) = std::fs::read_dir("/") {
-            for entry in entries.flatten() {
-                let p = entry.path();
-                if p == new_root {
-                    continue;
-                }
-                let _ = match entry.file_type() {
-                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
-                    _ => std::fs::remove_file(&p),
-                };
-            }
-        }
+        // The old root stays reachable through this descriptor once the new one is
+        // moved over it: its contents are freed through it after the switch.
+        let old_root = open_dir(Path::new("/"))?;
         std::env::set_current_dir(new_root).map_err(io("chdir", new_root))?;
-        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(|e| io("moving the new root onto", Path::new("/"))(nix_io(e)))?;
+        if let Err(e) = mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>) {
+            // Staying on the initramfs: give back the copy's memory (best effort).
+            let _ = std::env::set_current_dir("/");
+            let _ = umount2(new_root, MntFlags::MNT_DETACH);
+            return Err(io("moving the new root onto", Path::new("/"))(nix_io(e)));
+        }
         nix::unistd::chroot(".").map_err(|e| io("chroot", Path::new("."))(nix_io(e)))?;
         std::env::set_current_dir("/").map_err(io("chdir", Path::new("/")))?;
-        Ok::<(), RootfsError>(())
+        Ok::<OwnedFd, RootfsError>(old_root)
     })();
-    if let Err(e) = res {
-        return e;
-    }
+    let old_root = match res {
+        Ok(fd) => fd,
+        Err(e) => return e,
+    };
+    free_old_root(old_root);
     std::env::set_var(SWITCHED_ENV, "1");
     let args: Vec<CString> = std::env::args_os()
         .filter_map(|a| CString::new(a.into_encoded_bytes()).ok())

@@ -16,6 +16,7 @@ use crate::cgroup::{Cgroup, CgroupError};
 use crate::container::{Container, PendingIo, Process};
 use crate::mount::{self, MountError, CONTAINERS_DIR};
 use crate::network::{NetworkConfig, NetworkError};
+use crate::remove::{self, RemoveError};
 use crate::runtime::{Crun, RuntimeError};
 use crate::spec::{self, SandboxNamespace, SpecError, Sysctl};
 use crate::stdio::StdioError;
@@ -62,6 +63,19 @@ pub enum ServiceError {
     /// Network configuration failed.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// Removing a container's directory failed (a mount still in it, say).
+    #[error(transparent)]
+    Remove(#[from] RemoveError),
+    /// A failed CreateContainer whose rollback kept the container's directory.
+    #[error("{source}; the directory {dir} was kept: {reason}")]
+    Kept {
+        /// The error that failed the create.
+        source: Box<ServiceError>,
+        /// The container's directory.
+        dir: String,
+        /// Why it was kept.
+        reason: String,
+    },
     /// Writing a sysctl failed.
     #[error("writing sysctl {name}={value:?} ({path}): {source}")]
     Sysctl {
@@ -93,6 +107,7 @@ impl ServiceError {
             ServiceError::Mount(MountError::BadMountPoint { .. })
             | ServiceError::Mount(MountError::Invalid(_)) => Code::INVALID_ARGUMENT,
             ServiceError::Precondition(_) => Code::FAILED_PRECONDITION,
+            ServiceError::Kept { source, .. } => source.code(),
             ServiceError::Stdio(StdioError::Closed) => Code::FAILED_PRECONDITION,
             ServiceError::Network(e) => match e {
                 NetworkError::Invalid { .. } => Code::INVALID_ARGUMENT,
@@ -120,6 +135,36 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceErro
 }
 
 type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Undoes a failed CreateContainer: unmounts the storages, then removes the container's
+/// directory without crossing a mount. A storage that would not unmount keeps the
+/// directory (removing it could reach the host data behind the mount): the create's error
+/// `e` is returned with a note saying so.
+fn rollback_create(cid: &str, dir: &Path, mounted: &[PathBuf], e: ServiceError) -> ServiceError {
+    let mut still_mounted = None;
+    for m in mounted.iter().rev() {
+        if let Err(ue) = mount::umount(m) {
+            log::warn!("create {cid} rollback: {ue}");
+            still_mounted.get_or_insert_with(|| format!("{} is still mounted ({ue})", m.display()));
+        }
+    }
+    let reason = match still_mounted {
+        Some(reason) => reason,
+        None => match remove::remove_tree(dir) {
+            Ok(()) => return e,
+            Err(re) => {
+                log::warn!("create {cid} rollback: {re}");
+                re.to_string()
+            }
+        },
+    };
+    log::warn!("create {cid} rollback: keeping {}", dir.display());
+    ServiceError::Kept {
+        source: Box::new(e),
+        dir: dir.display().to_string(),
+        reason,
+    }
+}
 
 #[derive(Default)]
 struct SandboxState {
@@ -369,13 +414,7 @@ impl AgentService {
         .await;
         let init = match result {
             Ok(p) => p,
-            Err(e) => {
-                for m in mounted.iter().rev() {
-                    let _ = mount::umount(m);
-                }
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
+            Err(e) => return Err(rollback_create(cid, &dir, &mounted, e)),
         };
         let pid = init.pid as u32;
         let container = Arc::new(Container {
@@ -386,6 +425,7 @@ impl AgentService {
             init,
             execs: Mutex::new(HashMap::new()),
             started: Mutex::new(false),
+            deleted: Mutex::new(false),
         });
         self.lock_containers().insert(cid.to_owned(), container);
         log::info!("container {cid} created, init pid {pid}");
@@ -411,9 +451,12 @@ impl AgentService {
                 "container {cid} is running (use force)"
             )));
         }
-        self.crun
-            .delete(cid, force || c.init.exited().is_none())
-            .await?;
+        if !*c.deleted.lock().unwrap_or_else(|p| p.into_inner()) {
+            self.crun
+                .delete(cid, force || c.init.exited().is_none())
+                .await?;
+            *c.deleted.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        }
         c.init.discard_output();
         for p in c.execs.lock().unwrap_or_else(|p| p.into_inner()).values() {
             p.discard_output();
@@ -427,8 +470,8 @@ impl AgentService {
         if let Some(e) = first_err {
             return Err(e.into());
         }
-        std::fs::remove_dir_all(&c.bundle)
-            .map_err(io_err(format!("removing {}", c.bundle.display())))?;
+        // Never crosses a mount: should one survive, the container stays for a retry.
+        remove::remove_tree(&c.bundle)?;
         self.lock_containers().remove(cid);
         log::info!("container {cid} removed");
         Ok(())

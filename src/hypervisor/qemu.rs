@@ -181,6 +181,9 @@ impl QemuConfig {
             "-nographic",
         ]);
         push(&["-no-reboot", "-display", "none"]);
+        // QEMU's seccomp filter: no obsolete system calls, no set*id, no fork/exec, no
+        // scheduler or affinity changes.
+        push(&["-sandbox", SECCOMP]);
         push(&["-machine", machine, "-accel", accel, "-cpu", cpu]);
         push(&["-smp", &self.vcpus.to_string(), "-m", &format!("{mem}M")]);
         push(&[
@@ -229,6 +232,9 @@ impl QemuConfig {
         args
     }
 }
+
+/// QEMU's `-sandbox` (seccomp) setting.
+pub const SECCOMP: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// A running QEMU.
 #[derive(Debug)]
@@ -425,6 +431,7 @@ mod tests {
         assert!(cmdline.contains("panic=-1") && cmdline.contains("quiet"));
         assert!(cmdline.ends_with("lazyvm.debug=1"), "{cmdline}");
         assert!(a.contains(&"-no-reboot".to_string()));
+        assert_eq!(after(&a, "-sandbox"), [SECCOMP]);
     }
 
     #[test]

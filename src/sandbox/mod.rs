@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::agent::{AgentClient, AgentError, Storage};
+use crate::beneath::{Beneath, BeneathError, BindOptions, BindSource};
 use crate::config::Config;
 use crate::hypervisor::qemu::console_tail;
 use crate::hypervisor::{Qemu, QemuError, VhostVsock, VmFiles, VsockError};
@@ -98,13 +99,16 @@ pub enum SandboxError {
     Snapshotdir(PathBuf),
     /// nydusd refused the RAFS mount.
     #[error("mounting the nydus image at {0}: {1}")]
-    RafsMount(String, #[source] nydusd::ClientError),
+    RafsMount(String, #[source] Box<nydusd::ClientError>),
     /// The OCI spec could not be encoded.
     #[error("encoding the OCI spec: {0}")]
     Spec(String),
     /// A host mount failed.
     #[error(transparent)]
     Mount(#[from] MountError),
+    /// A path in the shared tree was refused (a symlink, a mount point) or failed.
+    #[error("shared directory: {0}")]
+    Shared(#[from] BeneathError),
     /// The pod's network could not be connected to the VM.
     #[error("pod network: {0}")]
     Network(#[from] NetworkError),
@@ -203,6 +207,7 @@ pub struct Created {
 /// What a container holds on the host, to undo on removal.
 #[derive(Debug)]
 struct Holdings {
+    /// Its directory in the private tree (`<private>/<cid>`).
     host_dir: PathBuf,
     rafs: Option<String>,
 }
@@ -212,7 +217,12 @@ struct Holdings {
 pub struct Sandbox {
     id: String,
     dir: PathBuf,
+    /// Where the host makes the containers' directories and binds (`<dir>/private`).
+    private: PathBuf,
+    /// The guest's read-only view of `private` (`<dir>/shared`), served by nydusd.
     shared: PathBuf,
+    /// `private`, held open: every operation in it goes through here.
+    host: Option<Beneath>,
     nydusd: Option<Nydusd>,
     vsock: Option<VhostVsock>,
     qemu: Option<Qemu>,
@@ -225,6 +235,17 @@ pub struct Sandbox {
     timings: StartTimings,
     console_follower: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// The sockets and logs in a sandbox directory, each made owner-only once the VM is up.
+pub const SANDBOX_FILES: [&str; 7] = [
+    "nydusd-api.sock",
+    "vhost-fs.sock",
+    "vhost-vsock.sock",
+    "vsock.sock",
+    "qmp.sock",
+    "console.log",
+    PIDS_FILE,
+];
 
 /// The directory name of sandbox `id`: the id itself when it is short and plain, else a
 /// stable hash of it (socket paths must fit `sun_path`).
@@ -279,7 +300,9 @@ impl Sandbox {
         let (fail_tx, failed) = watch::channel(None);
         let mut sandbox = Sandbox {
             id: spec.id.clone(),
+            private: dir.join("private"),
             shared: dir.join("shared"),
+            host: None,
             dir,
             nydusd: None,
             vsock: None,
@@ -293,6 +316,11 @@ impl Sandbox {
             console_follower: None,
         };
         let fail_tx = Arc::new(fail_tx);
+        if let Err(e) = sandbox.share() {
+            log::warn!("sandbox {} failed to start: {e}", sandbox.id);
+            sandbox.teardown().await;
+            return Err(e);
+        }
         if let Some(netns) = &spec.netns {
             match PodNetwork::setup(netns).await {
                 Ok(n) => sandbox.network = Some(n),
@@ -337,6 +365,20 @@ impl Sandbox {
         }
     }
 
+    /// Makes the private tree and the guest's read-only view of it (see
+    /// [`mounts::share_read_only`]).
+    fn share(&mut self) -> Result<(), SandboxError> {
+        for d in [&self.private, &self.shared] {
+            create_private_dir(d).map_err(|source| SandboxError::Dir {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        mounts::share_read_only(&self.private, &self.shared)?;
+        self.host = Some(Beneath::open(&self.private)?);
+        Ok(())
+    }
+
     async fn boot(
         &mut self,
         spec: &SandboxSpec,
@@ -358,11 +400,6 @@ impl Sandbox {
                 let _ = tx.send(Some(reason));
             })
         };
-        std::fs::create_dir_all(&self.shared).map_err(|source| SandboxError::Dir {
-            path: self.shared.clone(),
-            source,
-        })?;
-
         let mut nydusd_cfg = DaemonConfig::new(
             &cfg.nydusd.path,
             self.dir.join("nydusd-api.sock"),
@@ -409,12 +446,27 @@ impl Sandbox {
         self.record_pids();
         let agent = self.connect_agent(&uds).await?;
         self.timings.vm_boot = t.elapsed();
+        self.restrict_modes();
         agent.create_sandbox(&spec.hostname, spec.shm_size).await?;
         if let Some(net) = &self.network {
             agent.update_network(net.guest()).await?;
         }
         self.agent = Some(agent);
         Ok(())
+    }
+
+    /// Sockets and logs the helpers made in the sandbox directory: owner only (0600),
+    /// whatever umask they were made with.
+    fn restrict_modes(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        for name in SANDBOX_FILES {
+            let path = self.dir.join(name);
+            match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("sandbox {}: chmod {}: {e}", self.id, path.display()),
+            }
+        }
     }
 
     /// Writes the owner's (this process's) and the helpers' pids, with their start times
@@ -525,7 +577,7 @@ impl Sandbox {
             _ => None,
         };
         let mut holdings = Holdings {
-            host_dir: self.shared.join(cid),
+            host_dir: self.private.join(cid),
             rafs: None,
         };
         let created = self
@@ -570,8 +622,12 @@ impl Sandbox {
                 log::warn!("container {cid}: unmounting {mp}: {e}");
             }
         }
-        if let Err(e) = mounts::remove_dir_unmounted(&holdings.host_dir) {
+        if let Err(e) = mounts::unmount_all_under(&holdings.host_dir) {
             log::warn!("container {cid}: {e}");
+        } else if let Some(host) = &self.host {
+            if let Err(e) = host.remove_all(Path::new(cid)) {
+                log::warn!("container {cid}: {e}");
+            }
         }
     }
 
@@ -584,13 +640,19 @@ impl Sandbox {
         oci_spec: &mut oci_spec::runtime::Spec,
         join: Option<&str>,
     ) -> Result<(u32, Option<Duration>), SandboxError> {
-        let host_dir = holdings.host_dir.clone();
+        let host = self.host.as_ref().ok_or(SandboxError::NotRunning)?;
+        host.create_dir_all(Path::new(cid), 0o755)?;
+        let rel = |p: &str| Path::new(cid).join(p);
+        let rw = BindOptions {
+            readonly: false,
+            recursive: true,
+        };
         let guest_dir = format!("{GUEST_SHARED}/containers/{cid}");
         let guest_root = format!("{GUEST_CONTAINERS}/{cid}/rootfs");
         let mut rafs_mount = None;
         let storages = match rootfs {
             Rootfs::HostDir(src) => {
-                mounts::bind(&src, &host_dir.join("rootfs"))?;
+                host.bind(BindSource::Path(&src), &rel("rootfs"), rw)?;
                 vec![Storage {
                     fstype: "bind".into(),
                     source: format!("{guest_dir}/rootfs"),
@@ -606,9 +668,11 @@ impl Sandbox {
                 if !Path::new(&extra.source).is_file() {
                     return Err(SandboxError::Bootstrap(PathBuf::from(&extra.source)));
                 }
-                if !extra.snapshotdir.is_dir() {
-                    return Err(SandboxError::Snapshotdir(extra.snapshotdir.clone()));
-                }
+                // Only the snapshot's upper and work directories are the guest's to write.
+                let snapshot = Beneath::open(&extra.snapshotdir)
+                    .map_err(|_| SandboxError::Snapshotdir(extra.snapshotdir.clone()))?;
+                let upper = snapshot.open_dir(Path::new("fs"))?;
+                let work = snapshot.open_dir(Path::new("work"))?;
                 let nydusd = self.nydusd.as_ref().ok_or(SandboxError::NotRunning)?;
                 let t = Instant::now();
                 let req = nydusd::MountRequest::rafs(extra.source.clone(), extra.config())
@@ -617,12 +681,11 @@ impl Sandbox {
                     .client()
                     .mount(rafs, &req)
                     .await
-                    .map_err(|e| SandboxError::RafsMount(rafs.to_string(), e))?;
+                    .map_err(|e| SandboxError::RafsMount(rafs.to_string(), Box::new(e)))?;
                 holdings.rafs = Some(rafs.to_string());
                 rafs_mount = Some(t.elapsed());
-                let snap = host_dir.join("snapshotdir");
-                mounts::bind(&extra.snapshotdir, &snap)?;
-                mounts::make_slave(&snap)?;
+                host.bind(BindSource::Fd(upper.fd()), &rel("snapshotdir/fs"), rw)?;
+                host.bind(BindSource::Fd(work.fd()), &rel("snapshotdir/work"), rw)?;
                 vec![Storage {
                     fstype: "overlay".into(),
                     source: "overlay".into(),
@@ -638,7 +701,12 @@ impl Sandbox {
             }
         };
         for bind in spec::adapt(oci_spec, &format!("{guest_dir}/mounts")) {
-            mounts::bind_any(&bind.host, &host_dir.join("mounts").join(&bind.shared_name))?;
+            let opts = BindOptions {
+                readonly: bind.readonly,
+                recursive: bind.recursive,
+            };
+            let target = rel("mounts").join(&bind.shared_name);
+            host.bind(BindSource::Path(&bind.host), &target, opts)?;
         }
         let json = serde_json::to_vec(oci_spec).map_err(|e| SandboxError::Spec(e.to_string()))?;
         let agent = self.agent.as_ref().ok_or(SandboxError::NotRunning)?;
@@ -686,6 +754,7 @@ impl Sandbox {
             }
         }
         self.containers.clear();
+        self.host = None;
         if let Err(e) = mounts::remove_dir_unmounted(&self.dir) {
             log::warn!("sandbox {}: {e}", self.id);
         }
@@ -715,9 +784,26 @@ impl Sandbox {
 /// Copies the guest console into the log (debug mode), line by line, as it grows.
 async fn follow_console(path: PathBuf) {
     use tokio::io::AsyncBufReadExt;
-    let Ok(file) = tokio::fs::File::open(&path).await else {
-        return;
-    };
+    // QEMU creates the file as it starts: wait for it (a link is never followed).
+    let mut file = None;
+    for _ in 0..200 {
+        match tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .await
+        {
+            Ok(f) => {
+                file = Some(f);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(_) => return,
+        }
+    }
+    let Some(file) = file else { return };
     let mut reader = tokio::io::BufReader::new(file);
     let mut line = String::new();
     loop {

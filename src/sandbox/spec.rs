@@ -20,6 +20,10 @@ pub struct HostBind {
     pub host: PathBuf,
     /// Its name under `<shared>/<cid>/mounts/`.
     pub shared_name: String,
+    /// Read-only (`ro` in the mount's options): the host bind is read-only too.
+    pub readonly: bool,
+    /// Recursive (`rbind`): the source's submounts are shared with it.
+    pub recursive: bool,
 }
 
 /// The pod's shared memory in the guest: a tmpfs the agent mounts at CreateSandbox.
@@ -55,9 +59,17 @@ pub fn adapt(spec: &mut Spec, guest_mounts_dir: &str) -> Vec<HostBind> {
                     m.set_source(Some(PathBuf::from(format!(
                         "{guest_mounts_dir}/{shared_name}"
                     ))));
+                    // The last of `ro`/`rw` wins, as in mount(8).
+                    let readonly = options
+                        .iter()
+                        .rev()
+                        .find(|o| *o == "ro" || *o == "rw")
+                        .is_some_and(|o| o == "ro");
                     binds.push(HostBind {
                         host: src,
                         shared_name,
+                        readonly,
+                        recursive: options.iter().any(|o| o == "rbind"),
                     });
                 }
                 _ => {}
@@ -110,11 +122,15 @@ mod tests {
             [
                 HostBind {
                     host: "/var/lib/x/hosts".into(),
-                    shared_name: "0-hosts".into()
+                    shared_name: "0-hosts".into(),
+                    readonly: true,
+                    recursive: true,
                 },
                 HostBind {
                     host: "/srv/data".into(),
-                    shared_name: "1-data".into()
+                    shared_name: "1-data".into(),
+                    readonly: false,
+                    recursive: false,
                 }
             ]
         );

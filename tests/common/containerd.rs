@@ -106,6 +106,17 @@ impl PodClient {
         rootfs: Vec<Mount>,
         annotations: &[(&str, &str)],
     ) -> Result<PathBuf, tonic::Status> {
+        self.create_with_spec(cid, spec(args, &self.id, annotations), rootfs)
+            .await
+    }
+
+    /// Creates container `cid` and its task from a ready OCI `spec` (see [`spec`]).
+    pub async fn create_with_spec(
+        &self,
+        cid: &str,
+        spec: prost_types::Any,
+        rootfs: Vec<Mount>,
+    ) -> Result<PathBuf, tonic::Status> {
         let container = Container {
             id: cid.to_string(),
             image: "lazyvm-test/nydus".into(),
@@ -113,7 +124,7 @@ impl PodClient {
                 name: RUNTIME.into(),
                 options: None,
             }),
-            spec: Some(spec(args, &self.id, annotations)),
+            spec: Some(spec),
             ..Default::default()
         };
         ContainersClient::new(self.channel.clone())
