@@ -109,6 +109,9 @@ pub struct HypervisorConfig {
     pub kernel_params: Vec<String>,
     /// The host TSC in kHz for microvm (read from the host when unset).
     pub tsc_khz: Option<u64>,
+    /// Run QEMU as an unprivileged user of its own per sandbox (uid = gid in
+    /// [`crate::sandbox::VM_ID_BASE`]..) instead of root.
+    pub unprivileged: bool,
 }
 
 impl Default for HypervisorConfig {
@@ -125,6 +128,7 @@ impl Default for HypervisorConfig {
             initramfs: Path::new(SHARE_DIR).join("initramfs.cpio.gz"),
             kernel_params: Vec::new(),
             tsc_khz: None,
+            unprivileged: true,
         }
     }
 }
@@ -242,6 +246,7 @@ impl Config {
             kernel_params: h.kernel_params.clone(),
             tsc_khz: h.tsc_khz,
             debug: self.debug,
+            user: None,
         }
     }
 }

@@ -17,13 +17,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use containerd::*;
 
-fn shim_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_containerd-shim-lazyvm-v2"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 const CAPS: &[&str] = &[
     "CAP_SYS_ADMIN",
     "CAP_CHOWN",
@@ -168,8 +161,27 @@ echo done"#,
 
     // Modes of what the host made for the pod: owner only.
     let dir = lazyvm::sandbox::sandbox_dir(Path::new(lazyvm::sandbox::RUN_DIR), &a.id);
-    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    // QEMU runs as a user of its own: it may pass through the sandbox directory (group
+    // search only) and owns nothing but its vm/ directory and the two sockets it uses.
+    use std::os::unix::fs::MetadataExt;
+    let base = lazyvm::sandbox::confine::VM_ID_BASE;
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!((mode(&dir), meta.uid()), (0o710, 0), "{}", dir.display());
+    assert!(meta.gid() >= base);
+    let vm = std::fs::metadata(dir.join("vm")).unwrap();
+    assert_eq!((vm.mode() & 0o777, vm.uid()), (0o700, meta.gid()));
     assert_eq!(mode(&dir.join("private")), 0o700);
+    let qemu_uids: Vec<String> = processes_mentioning(&dir.join("vm/qmp.sock"))
+        .into_iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|st| {
+            st.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(str::to_string)
+        })
+        .collect();
+    let expected = format!("Uid:\t{0}\t{0}\t{0}\t{0}", meta.gid());
+    assert_eq!(qemu_uids, [expected], "QEMU's ids");
     for name in lazyvm::sandbox::SANDBOX_FILES {
         let p = dir.join(name);
         if p.exists() {

@@ -14,13 +14,6 @@ use containerd::*;
 use containerd_client::types::Mount;
 use lazyvm::nydusd::NydusClient;
 
-fn shim_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_containerd-shim-lazyvm-v2"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 struct Pod {
     tmp: tempfile::TempDir,
     containerd: Containerd,

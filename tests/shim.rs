@@ -11,12 +11,6 @@ use std::process::Output;
 
 use common::*;
 
-fn shim_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_BIN_EXE_containerd-shim-lazyvm-v2"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 use containerd::{Containerd, RUNTIME};
 
 const IMAGE: &str = "docker.io/library/lazyvm-busybox:test";

@@ -393,8 +393,9 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
     let t0 = Instant::now();
     let sandbox = lazyvm::sandbox::Sandbox::start(sandbox_spec).await?;
     let dir = sandbox.dir().to_path_buf();
-    let console = dir.join("console.log");
-    let shared = dir.join("shared");
+    let console = dir.join("vm/console.log");
+    // The host's side of the tree the guest sees (read-only) at /run/lazyvm/shared.
+    let shared = dir.join("private");
     busybox_rootfs(&shared.join("busybox"))?;
 
     let result = async {
@@ -441,9 +442,18 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
 
         // An overlay rootfs as DESIGN.md's guest contract has it (lower and upper on the
         // share): a file written on the host is visible, writes land in snapshotdir/fs.
-        let snap = shared.join("ov/snapshotdir");
-        std::fs::create_dir_all(snap.join("fs"))?;
-        std::fs::create_dir_all(snap.join("work"))?;
+        // The upper and work directories are the guest's to write: bound read-write into
+        // the tree, as the sandbox does for a nydus container.
+        let snap = run_dir.join("ov-snapshot");
+        let host = lazyvm::beneath::Beneath::open(&shared)?;
+        for d in ["fs", "work"] {
+            std::fs::create_dir_all(snap.join(d))?;
+            host.bind(
+                lazyvm::beneath::BindSource::Path(&snap.join(d)),
+                Path::new("ov/snapshotdir").join(d).as_path(),
+                lazyvm::beneath::BindOptions::default(),
+            )?;
+        }
         std::fs::write(shared.join("busybox/etc/from-host"), "host-data\n")?;
         let g = "/run/lazyvm/shared/containers";
         let overlay = Storage {

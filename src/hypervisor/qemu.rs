@@ -70,6 +70,21 @@ pub struct QemuConfig {
     pub tsc_khz: Option<u64>,
     /// Show the kernel's boot messages on the console (no `quiet`).
     pub debug: bool,
+    /// The user QEMU runs as (`None`: as the caller, i.e. root).
+    pub user: Option<VmUser>,
+}
+
+/// An unprivileged identity for QEMU: it gets these ids before it execs, with no other
+/// group than those listed, so an escape from the VM lands in a user that owns nothing
+/// but its own sandbox's VM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmUser {
+    /// The user id.
+    pub uid: u32,
+    /// The group id.
+    pub gid: u32,
+    /// Supplementary groups (e.g. `/dev/kvm`'s group under KVM).
+    pub groups: Vec<u32>,
 }
 
 /// The host files of one VM.
@@ -263,20 +278,28 @@ impl Qemu {
         let mut cmd = Command::new(&config.binary);
         cmd.args(config.args(&files, tsc_khz));
         let fds: Vec<RawFd> = files.nics.iter().map(|n| n.fd).collect();
-        if !fds.is_empty() {
-            // SAFETY: between fork and exec the closure only calls fcntl(2), which is
-            // async-signal-safe, on descriptors this process owns.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for &fd in &fds {
-                        // The child keeps the tap open under the same number.
-                        if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) < 0 {
-                            return Err(io::Error::last_os_error());
-                        }
+        let user = config.user.clone();
+        // SAFETY: between fork and exec the closure only calls async-signal-safe system
+        // calls (fcntl, umask, setgroups, setgid, setuid) on memory allocated before the
+        // fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &fds {
+                    // The child keeps the tap open under the same number.
+                    if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) < 0 {
+                        return Err(io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
+                }
+                // What QEMU creates (its QMP socket, the console log) is its own only.
+                nix::libc::umask(0o077);
+                if let Some(u) = &user {
+                    let rc = nix::libc::setgroups(u.groups.len(), u.groups.as_ptr());
+                    if rc < 0 || nix::libc::setgid(u.gid) < 0 || nix::libc::setuid(u.uid) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
         }
         let process = Supervised::spawn("qemu", &mut cmd, on_exit)?;
         Ok(Qemu { process, files })
@@ -339,11 +362,23 @@ async fn qmp_quit(sock: &Path) -> io::Result<()> {
     }
 }
 
-/// The last few KiB of a console log.
+/// The last few KiB of a console log. The file is in QEMU's directory: a link there is
+/// not followed, and nothing but a regular file is read.
 pub fn console_tail(path: &Path) -> io::Result<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let len = meta.len();
     f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL_BYTES)))?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;
@@ -366,6 +401,7 @@ mod tests {
             kernel_params: vec!["lazyvm.debug=1".into()],
             tsc_khz: None,
             debug: false,
+            user: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! failed step rolls back the ones before it. A helper process dying on its own fails the
 //! sandbox: [`Sandbox::failed`] resolves with the reason.
 
+pub mod confine;
 pub mod pod;
 pub mod spec;
 
@@ -21,6 +22,7 @@ use crate::agent::{AgentClient, AgentError, Storage};
 use crate::beneath::{Beneath, BeneathError, BindOptions, BindSource};
 use crate::config::Config;
 use crate::hypervisor::qemu::console_tail;
+use crate::hypervisor::qemu::VmUser;
 use crate::hypervisor::{Qemu, QemuError, VhostVsock, VmFiles, VsockError};
 use crate::mounts::{self, MountError};
 use crate::network::{NetworkError, PodNetwork};
@@ -223,6 +225,8 @@ pub struct Sandbox {
     shared: PathBuf,
     /// `private`, held open: every operation in it goes through here.
     host: Option<Beneath>,
+    /// Who QEMU runs as (`None`: root).
+    vm_user: Option<VmUser>,
     nydusd: Option<Nydusd>,
     vsock: Option<VhostVsock>,
     qemu: Option<Qemu>,
@@ -236,14 +240,13 @@ pub struct Sandbox {
     console_follower: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// The sockets and logs in a sandbox directory, each made owner-only once the VM is up.
-pub const SANDBOX_FILES: [&str; 7] = [
+/// The sockets and files in a sandbox directory, each made owner-only once the VM is up
+/// (QEMU's own, the QMP socket and the console log, are in [`confine::VM_DIR`]).
+pub const SANDBOX_FILES: [&str; 5] = [
     "nydusd-api.sock",
     "vhost-fs.sock",
     "vhost-vsock.sock",
     "vsock.sock",
-    "qmp.sock",
-    "console.log",
     PIDS_FILE,
 ];
 
@@ -259,11 +262,14 @@ pub fn sandbox_key(id: &str) -> String {
     if plain {
         return id.to_string();
     }
-    // FNV-1a, 64 bit: stable across builds (the shim's `delete` recomputes it).
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+    format!("h{:016x}", fnv1a(id))
+}
+
+/// FNV-1a, 64 bit: stable across builds (the shim's `delete` recomputes keys with it).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("h{hash:016x}")
+    })
 }
 
 /// Creates directory `dir` for its owner only (mode 0700, whatever the umask): a
@@ -303,6 +309,7 @@ impl Sandbox {
             private: dir.join("private"),
             shared: dir.join("shared"),
             host: None,
+            vm_user: None,
             dir,
             nydusd: None,
             vsock: None,
@@ -316,6 +323,18 @@ impl Sandbox {
             console_follower: None,
         };
         let fail_tx = Arc::new(fail_tx);
+        if spec.config.hypervisor.unprivileged {
+            let key = sandbox_key(&spec.id);
+            sandbox.vm_user = confine::vm_user(&spec.run_dir, &key, spec.config.qemu().accel);
+        }
+        if let Err(source) = confine::prepare(&sandbox.dir, sandbox.vm_user.as_ref()) {
+            let e = SandboxError::Dir {
+                path: sandbox.dir.clone(),
+                source,
+            };
+            sandbox.teardown().await;
+            return Err(e);
+        }
         if let Err(e) = sandbox.share() {
             log::warn!("sandbox {} failed to start: {e}", sandbox.id);
             sandbox.teardown().await;
@@ -385,7 +404,7 @@ impl Sandbox {
         fail_tx: Arc<watch::Sender<Option<String>>>,
     ) -> Result<(), SandboxError> {
         let cfg = &spec.config;
-        let console = self.dir.join("console.log");
+        let console = self.dir.join(confine::VM_DIR).join("console.log");
         let fail = |what: &'static str| -> OnExit {
             let tx = fail_tx.clone();
             let console = console.clone();
@@ -422,7 +441,7 @@ impl Sandbox {
         let files = VmFiles {
             vhost_fs: self.dir.join("vhost-fs.sock"),
             vhost_vsock: self.dir.join("vhost-vsock.sock"),
-            qmp: self.dir.join("qmp.sock"),
+            qmp: self.dir.join(confine::VM_DIR).join("qmp.sock"),
             console: console.clone(),
             nics: self.network.iter().flat_map(PodNetwork::nics).collect(),
         };
@@ -436,9 +455,19 @@ impl Sandbox {
         let uds = vsock.uds_path().to_path_buf();
         self.vsock = Some(vsock);
         self.record_pids();
+        if let Some(user) = &self.vm_user {
+            for sock in [&files.vhost_fs, &files.vhost_vsock] {
+                confine::hand_over(sock, user).map_err(|source| SandboxError::Dir {
+                    path: sock.clone(),
+                    source,
+                })?;
+            }
+        }
+        let mut qemu_cfg = cfg.qemu();
+        qemu_cfg.user = self.vm_user.clone();
 
         let t = Instant::now();
-        let qemu = Qemu::start(&cfg.qemu(), files, Some(fail("QEMU"))).await?;
+        let qemu = Qemu::start(&qemu_cfg, files, Some(fail("QEMU"))).await?;
         if cfg.debug {
             self.console_follower = Some(tokio::spawn(follow_console(console.clone())));
         }
@@ -789,18 +818,18 @@ async fn follow_console(path: PathBuf) {
     for _ in 0..200 {
         match tokio::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
             .open(&path)
             .await
         {
-            Ok(f) => {
+            Ok(f) if f.metadata().await.is_ok_and(|m| m.is_file()) => {
                 file = Some(f);
                 break;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
-            Err(_) => return,
+            _ => return,
         }
     }
     let Some(file) = file else { return };

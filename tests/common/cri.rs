@@ -878,15 +878,15 @@ state = "{state}"
         }
         for (id, _) in self.pods.lock().map(|p| p.clone()).unwrap_or_default() {
             let dir = lazyvm::sandbox::sandbox_dir(Path::new(lazyvm::sandbox::RUN_DIR), &id);
-            match std::fs::read_to_string(dir.join("console.log")) {
+            match std::fs::read_to_string(dir.join("vm/console.log")) {
                 Ok(c) => {
                     let lines: Vec<&str> = c.lines().collect();
-                    eprintln!("==== {}/console.log (last 60 lines) ====", dir.display());
+                    eprintln!("==== {}/vm/console.log (last 60 lines) ====", dir.display());
                     for l in &lines[lines.len().saturating_sub(60)..] {
                         eprintln!("{l}");
                     }
                 }
-                Err(_) => eprintln!("==== no {}/console.log ====", dir.display()),
+                Err(_) => eprintln!("==== no {}/vm/console.log ====", dir.display()),
             }
         }
         for args in [&["addr"][..], &["route"][..]] {

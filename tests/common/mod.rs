@@ -3,6 +3,20 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+/// The directory holding the shim binary under test (containerd finds it on its PATH):
+/// Cargo names it for tests and benches; an example looks in its profile's directory.
+pub fn shim_dir() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_containerd-shim-lazyvm-v2") {
+        Some(shim) => Path::new(shim).parent().unwrap().to_path_buf(),
+        None => std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .to_path_buf(),
+    }
+}
 use std::process::Command;
 use std::sync::{Mutex, Once};
 
