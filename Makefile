@@ -5,7 +5,7 @@ PREFIX ?= /usr/local
 SHARE ?= $(PREFIX)/share/lazyvm
 ETC ?= /etc/lazyvm
 
-.PHONY: all deps build guest install test unit-test demo bench lint clean
+.PHONY: all deps build guest install test test-compat unit-test demo bench lint clean
 
 all: build
 
@@ -35,6 +35,19 @@ install: build guest
 ## real components (nydusd, QEMU under TCG, containerd).
 test: deps guest lint
 	LAZYVM_REQUIRE_GUEST=1 $(CARGO) test --workspace --lib --bins --tests --examples -- --test-threads=1
+	$(MAKE) --no-print-directory test-compat
+
+## The compatibility matrix's other rows (the full suite above runs on containerd 1.6.20):
+## the shim's core tests (run, exit codes, exec, events order, cycles without leaks, a
+## killed shim) and the CRI pod test on containerd 1.7 (Debian trixie) and 2.x (sid),
+## which `make deps` unpacks into the cache.
+COMPAT_FILTER = ctr_ events_ twenty_ killed_shim pod_lifecycle
+test-compat:
+	@for v in trixie sid; do \
+	  echo "== containerd from $$v =="; \
+	  LAZYVM_TEST_CONTAINERD=$$v LAZYVM_REQUIRE_GUEST=1 \
+	    $(CARGO) test --test shim --test cri -- --test-threads=1 $(COMPAT_FILTER) || exit 1; \
+	done
 
 ## Unit tests only (no root, no real components).
 unit-test:

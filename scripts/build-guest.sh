@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds lazyvm's guest image into build/guest/ (called by `make guest`):
 #   vmlinux                    the minimal kernel (scripts/build-kernel.sh, cached)
-#   initramfs.cpio.gz          /init = static lazyvm-agent, crun + its libraries, busybox
+#   initramfs.cpio.gz          /init = static lazyvm-agent, crun (trixie) + its libraries, busybox
 #   vmlinux-debian             Debian's kernel, uncompressed (fast PVH boots under TCG)
 #   initramfs-debian.cpio.gz   the same plus the modules Debian's kernel needs
 # Debian's kernel package is fetched with `apt-get download`, unpacked with `dpkg -x`
@@ -16,7 +16,11 @@ out="$repo/build/guest"
 CACHE=${LAZYVM_CACHE:-/var/cache/lazyvm}
 KERNELS=${LAZYVM_GUEST_KERNELS:-minimal debian}
 TARGET=x86_64-unknown-linux-gnu
-CRUN=/usr/bin/crun
+# The guest's OCI runtime: crun from Debian trixie (runtime-spec 1.2, which containerd
+# 1.7 and 2.x write; bookworm's 1.8 refuses it), with trixie's libraries, glibc and its
+# loader included (it needs glibc 2.38). Cached in $LAZYVM_CACHE/guest-crun-trixie-<version>/.
+CRUN_SUITE=trixie
+CRUN_PACKAGES=(crun libc6 libcap2 libseccomp2 libsystemd0 libyajl2)
 # Modules Debian's kernel needs (their dependencies are added).
 MODULES=(virtio_pci virtio_mmio vsock vmw_vsock_virtio_transport_common
          vmw_vsock_virtio_transport fuse virtiofs overlay virtio_net)
@@ -28,8 +32,22 @@ log() { echo "build-guest: $*"; }
 for tool in busybox xz gzip cpio apt-get dpkg; do
   command -v "$tool" >/dev/null || die "$tool is missing (run make deps)"
 done
-[ -x "$CRUN" ] || die "$CRUN is missing (apt-get install crun, or make deps)"
 mkdir -p "$out" "$CACHE"
+
+# ---- crun and its libraries from trixie ----
+crun_ver=$("$here/debian-suite.sh" version "$CRUN_SUITE" crun)
+crun_root="$CACHE/guest-crun-$CRUN_SUITE-$crun_ver"
+exec 7>"$crun_root.lock"
+flock 7
+if [ ! -x "$crun_root/usr/bin/crun" ]; then
+  log "fetching crun $crun_ver and its libraries from $CRUN_SUITE"
+  "$here/debian-suite.sh" unpack "$CRUN_SUITE" "$crun_root" "${CRUN_PACKAGES[@]}"
+fi
+flock -u 7
+crun_libdir="$crun_root/usr/lib/x86_64-linux-gnu"
+crun_ldso="$crun_libdir/ld-linux-x86-64.so.2"
+"$crun_ldso" --library-path "$crun_libdir" "$crun_root/usr/bin/crun" --version >/dev/null \
+  || die "crun $crun_ver from $CRUN_SUITE does not run"
 
 # ---- the agent, static (glibc: no musl target here) ----
 log "building lazyvm-agent (static)"
@@ -48,12 +66,19 @@ install -m 0755 "$agent" "$base/init"
 strip "$base/init" 2>/dev/null || true
 mknod -m 0600 "$base/dev/console" c 5 1
 mknod -m 0666 "$base/dev/null" c 1 3
-install -m 0755 "$CRUN" "$base/usr/bin/crun"
-# crun's shared libraries, at the paths its loader looks for them.
-ldd "$CRUN" | awk '/=> \//{print $3} /^[ \t]*\/[^ ]+ \(/{print $1}' | while read -r lib; do
-  mkdir -p "$base$(dirname "$lib")"
-  cp -L "$lib" "$base$lib"
+install -m 0755 "$crun_root/usr/bin/crun" "$base/usr/bin/crun"
+# crun's shared libraries (as trixie's loader resolves them), at the paths the guest's
+# loader looks for them; its loader at the path crun names.
+libs=$("$crun_ldso" --library-path "$crun_libdir" --list "$crun_root/usr/bin/crun")
+if grep -q "not found" <<<"$libs"; then die "crun's libraries are incomplete: $libs"; fi
+mkdir -p "$base/usr/lib/x86_64-linux-gnu"
+awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' <<<"$libs" | while read -r name path; do
+  case "$name" in
+    /*) mkdir -p "$base$(dirname "$name")"; cp -L "$path" "$base$name" ;;
+    *) cp -L "$path" "$base/usr/lib/x86_64-linux-gnu/$name" ;;
+  esac
 done
+log "crun $crun_ver ($CRUN_SUITE) with $(awk '$2 == "=>"' <<<"$libs" | wc -l) libraries"
 if [ "${LAZYVM_GUEST_BUSYBOX:-1}" != 0 ]; then
   install -m 0755 "$(command -v busybox)" "$base/bin/busybox"
   for a in sh ls cat mount umount ps dmesg ip; do ln -sf busybox "$base/bin/$a"; done

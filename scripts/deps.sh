@@ -9,7 +9,7 @@ PACKAGES=(
   # CRI pod networking in the tests (bridge, host-local, loopback in /usr/lib/cni)
   containernetworking-plugins
   # guest image
-  busybox-static crun cpio linux-source-6.1 flex bison bc libelf-dev xz-utils
+  busybox-static cpio linux-source-6.1 flex bison bc libelf-dev xz-utils
   # building nydus, the agent protocol
   cmake pkg-config libssl-dev protobuf-compiler
 )
@@ -26,6 +26,21 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "deps: Debian packages present"
 fi
+
+# containerd 1.7 (trixie) and 2.x (sid) for the compatibility tests: unpacked into the
+# cache (never installed), reached through the stable links containerd-trixie and
+# containerd-sid (see tests/common/containerd.rs, LAZYVM_TEST_CONTAINERD).
+CACHE=${LAZYVM_CACHE:-/var/cache/lazyvm}
+for suite in trixie sid; do
+  v=$("$here/debian-suite.sh" version "$suite" containerd)
+  d="$CACHE/containerd-$suite-$v"
+  if [ ! -x "$d/usr/bin/containerd" ]; then
+    echo "deps: fetching containerd $v ($suite)"
+    "$here/debian-suite.sh" unpack "$suite" "$d" containerd
+  fi
+  ln -sfn "$(basename "$d")" "$CACHE/containerd-$suite"
+done
+echo "deps: containerd $(cat "$CACHE"/containerd-{trixie,sid}/.versions | awk '{print $2}' | paste -sd' ') for the compatibility tests"
 
 "$here/build-nydus.sh"
 "$here/build-vhost-vsock.sh"

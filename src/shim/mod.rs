@@ -118,5 +118,48 @@ fn cleanup_dead_shim(bundle: &Path, sandbox_id: &str) {
 
 /// Runs the shim binary (`containerd-shim-lazyvm-v2`).
 pub async fn main() {
+    // containerd 2.x asks a shim what it is (`-info`) before it starts one.
+    if std::env::args()
+        .skip(1)
+        .any(|a| a == "-info" || a == "--info")
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout();
+        let written = stdout
+            .write_all(&runtime_info())
+            .and_then(|()| stdout.flush());
+        std::process::exit(i32::from(written.is_err()));
+    }
     containerd_shim::asynchronous::run::<LazyvmShim>(RUNTIME_ID, None).await;
+}
+
+/// The `RuntimeInfo` protobuf `-info` prints: the shim's name and version. (No OCI
+/// runtime features: the runtime is in the guest, and containerd only uses them to turn
+/// on optional mount kinds.)
+fn runtime_info() -> Vec<u8> {
+    use containerd_shim_protos::protobuf::{Message, MessageField};
+    use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};
+    let info = RuntimeInfo {
+        name: "containerd-shim-lazyvm-v2".into(),
+        version: MessageField::some(RuntimeVersion {
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    info.write_to_bytes().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_names_the_shim() {
+        use containerd_shim_protos::protobuf::Message;
+        use containerd_shim_protos::types::introspection::RuntimeInfo;
+        let info = RuntimeInfo::parse_from_bytes(&runtime_info()).unwrap();
+        assert_eq!(info.name, "containerd-shim-lazyvm-v2");
+        assert_eq!(info.version.version, env!("CARGO_PKG_VERSION"));
+    }
 }

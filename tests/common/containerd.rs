@@ -252,12 +252,13 @@ impl Containerd {
     /// Starts containerd in `dir`; the shim is found in `shim_dir` and reads
     /// `lazyvm_config`.
     pub fn start(dir: &Path, lazyvm_config: &Path, shim_dir: &Path) -> Containerd {
+        let bin = crate::common::containerd_bin();
         let socket = dir.join("containerd.sock");
         let config = dir.join("containerd.toml");
         std::fs::write(
             &config,
             format!(
-                r#"version = 2
+                r#"version = {version}
 root = "{root}"
 state = "{state}"
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
@@ -266,19 +267,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "{sock}.ttrpc"
 "#,
+                // containerd 2.x prefers version 3 (the same keys here).
+                version = if bin.major >= 2 { 3 } else { 2 },
                 root = dir.join("root").display(),
                 state = dir.join("state").display(),
                 sock = socket.display()
             ),
         )
         .unwrap();
-        let path = format!(
-            "{}:{}",
-            shim_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = bin.search_path(shim_dir);
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
+        let child = Command::new(bin.path("containerd"))
             .arg("--config")
             .arg(&config)
             .env("PATH", path)
@@ -308,7 +307,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     pub fn ctr_command(&self, args: &[&str]) -> Command {
         // Bounded: a hung call fails the test instead of hanging it.
         let mut c = Command::new("timeout");
-        c.args(["120", "ctr"])
+        c.arg("120")
+            .arg(crate::common::containerd_bin().path("ctr"))
             .arg("--address")
             .arg(&self.socket)
             .args(["--namespace", "lazyvm-test"])

@@ -224,8 +224,12 @@ impl CriEnv {
     }
 
     /// The containerd configuration: CRI enabled, `lazyvm` (no options table) and `runc`
-    /// handlers, CNI from /usr/lib/cni with our conflist.
+    /// handlers, CNI from /usr/lib/cni with our conflist. Version 2 for containerd 1.x,
+    /// version 3 (the CRI split into `io.containerd.cri.v1.images` and `.runtime`) for 2.x.
     fn containerd_config(&self) -> String {
+        if crate::common::containerd_bin().major >= 2 {
+            return self.containerd_config_v3();
+        }
         let d = &self.dir;
         format!(
             r#"version = 2
@@ -275,6 +279,59 @@ state = "{state}"
         )
     }
 
+    fn containerd_config_v3(&self) -> String {
+        let d = &self.dir;
+        let rt = "plugins.\"io.containerd.cri.v1.runtime\"";
+        format!(
+            r#"version = 3
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  level = "{level}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "{pause}"
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[{rt}]
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  disable_apparmor = true
+  [{rt}.cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni_conf}"
+    max_conf_num = 1
+  [{rt}.containerd]
+    default_runtime_name = "runc"
+    [{rt}.containerd.runtimes.lazyvm]
+      runtime_type = "io.containerd.lazyvm.v2"
+      pod_annotations = ["io.lazyvm.*"]
+    [{rt}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [{rt}.containerd.runtimes.runc.options]
+        Root = "{runc_root}"
+"#,
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = self.socket.display(),
+            level = if std::env::var_os("LAZYVM_CRI_DEBUG").is_some() {
+                "debug"
+            } else {
+                "info"
+            },
+            opt = d.join("opt").display(),
+            pause = PAUSE_IMAGE,
+            cni_conf = d.join("cni/net.d").display(),
+            runc_root = self.runc_root().display(),
+        )
+    }
+
     fn runc_root(&self) -> PathBuf {
         self.dir.join("runc")
     }
@@ -290,19 +347,12 @@ state = "{state}"
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guest"));
         write_config(&lazyvm_config, &guest);
-        let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-lazyvm-v2"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let path = format!(
-            "{}:{}",
-            shim_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let bin = crate::common::containerd_bin();
+        let path = bin.search_path(&crate::common::shim_dir());
         let log = std::fs::File::create(self.log_path()).unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", self.netns))
-            .arg("containerd")
+            .arg(bin.path("containerd"))
             .arg("--config")
             .arg(&config)
             .env("PATH", path)
@@ -351,7 +401,8 @@ state = "{state}"
     /// `ctr` against this containerd in namespace k8s.io, bounded in time.
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
         Command::new("timeout")
-            .args(["120", "ctr"])
+            .arg("120")
+            .arg(crate::common::containerd_bin().path("ctr"))
             .arg("--address")
             .arg(&self.socket)
             .args(["--namespace", K8S_NS])

@@ -205,6 +205,78 @@ pub fn processes_mentioning(needle: &Path) -> Vec<u32> {
 }
 
 /// A prefix for the ids of this test process's containers (sandbox dirs carry it).
+/// The containerd the tests run against: the system's (Debian bookworm's 1.6.20) unless
+/// `LAZYVM_TEST_CONTAINERD` names another: `trixie` (1.7) or `sid` (2.x), unpacked by
+/// `make deps` into the cache, or a directory holding `usr/bin/containerd`.
+#[derive(Debug, Clone)]
+pub struct ContainerdBin {
+    /// The directory of `containerd`, `ctr` and its runc shim (`None`: from PATH).
+    pub bin_dir: Option<PathBuf>,
+    /// The major version (1 or 2): 2 takes a version 3 configuration.
+    pub major: u32,
+    /// `containerd --version`, for messages.
+    pub version: String,
+}
+
+impl ContainerdBin {
+    /// The binary `name` (`containerd`, `ctr`).
+    pub fn path(&self, name: &str) -> PathBuf {
+        match &self.bin_dir {
+            Some(d) => d.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+
+    /// PATH for containerd: the shim under test first, then this release's binaries (its
+    /// runc shim), then the caller's PATH.
+    pub fn search_path(&self, shim_dir: &Path) -> String {
+        let mut parts = vec![shim_dir.display().to_string()];
+        if let Some(d) = &self.bin_dir {
+            parts.push(d.display().to_string());
+        }
+        parts.push(std::env::var("PATH").unwrap_or_default());
+        parts.join(":")
+    }
+}
+
+/// See [`ContainerdBin`].
+pub fn containerd_bin() -> &'static ContainerdBin {
+    static BIN: std::sync::OnceLock<ContainerdBin> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let cache = std::env::var("LAZYVM_CACHE").unwrap_or_else(|_| "/var/cache/lazyvm".into());
+        let bin_dir = match std::env::var("LAZYVM_TEST_CONTAINERD").ok().as_deref() {
+            None | Some("") | Some("system") => None,
+            Some(suite @ ("trixie" | "sid")) => {
+                Some(Path::new(&cache).join(format!("containerd-{suite}/usr/bin")))
+            }
+            Some(dir) => Some(Path::new(dir).join("usr/bin")),
+        };
+        let bin = ContainerdBin {
+            bin_dir,
+            major: 1,
+            version: String::new(),
+        };
+        let out = Command::new(bin.path("containerd"))
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e} (make deps)", bin.path("containerd").display()));
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // "containerd github.com/containerd/containerd/v2 2.1.9+unknown ..."
+        let major = version
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read containerd's version from {version:?}"));
+        eprintln!("tests run against {version}");
+        ContainerdBin {
+            major,
+            version,
+            ..bin
+        }
+    })
+}
+
 pub fn test_prefix() -> String {
     format!("lzt{}-", std::process::id())
 }
