@@ -68,6 +68,23 @@ pub enum ProcessError {
     },
 }
 
+/// Kills one supervised process by its pidfd: see [`Supervised::kill_handle`].
+#[derive(Debug)]
+pub struct KillHandle {
+    name: &'static str,
+    pidfd: OwnedFd,
+}
+
+impl KillHandle {
+    /// SIGKILLs the process (nothing happens if it is gone already).
+    pub fn kill(&self) {
+        match rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => log::warn!("killing {}: {e}", self.name),
+        }
+    }
+}
+
 /// A running helper process, watched and reaped by a task of the current runtime.
 #[derive(Debug)]
 pub struct Supervised {
@@ -171,6 +188,15 @@ impl Supervised {
     /// Marks the process as being stopped by us: its exit no longer runs `on_exit`.
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// A handle that can SIGKILL this process from anywhere, by its pidfd (never another
+    /// process that reuses the pid); `None` if the descriptor cannot be duplicated.
+    pub fn kill_handle(&self) -> Option<KillHandle> {
+        Some(KillHandle {
+            name: self.name,
+            pidfd: self.pidfd.try_clone().ok()?,
+        })
     }
 
     /// Sends `sig` (nothing happens if the process is already gone).

@@ -21,9 +21,14 @@ struct Env {
 }
 
 fn setup() -> Env {
+    setup_with(|config| write_config(config, &guest_dir()))
+}
+
+/// [`setup`] with lazyvm's configuration written by `write`.
+fn setup_with(write: impl FnOnce(&Path)) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("lazyvm.toml");
-    write_config(&config, &guest_dir());
+    write(&config);
     let containerd = Containerd::start(tmp.path(), &config, &shim_dir());
     let archive = tmp.path().join("image.tar");
     oci_image_archive(&busybox_rootfs(tmp.path()), IMAGE, &archive);
@@ -324,4 +329,138 @@ fn ctr_run_tty_gives_a_terminal() {
     assert!(printed.contains("tty-ok"), "{printed}");
     assert!(out.status.success());
     assert_sandbox_gone(&cid);
+}
+
+/// How a test breaks a running pod.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGKILL of the helper whose command line holds this.
+    Kill(&'static str),
+    /// The guest kernel panics (`echo c > /proc/sysrq-trigger` from a privileged container).
+    GuestPanic,
+}
+
+/// A part of a running pod dies: the task exits with 255 (no hang), its state is
+/// STOPPED, Delete works, every helper, mount and directory is gone, the shim's log
+/// says why, and a fresh container runs afterwards.
+fn a_dead_part_ends_the_pod(name: &str, fault: Fault) {
+    let env = match fault {
+        // The minimal kernel has no sysrq: Debian's has.
+        Fault::GuestPanic => setup_with(|config| {
+            let g = guest_dir();
+            std::fs::write(
+                config,
+                format!(
+                    "[hypervisor]\naccel = \"tcg\"\nkernel = {:?}\ninitramfs = {:?}\n",
+                    g.join("vmlinux-debian"),
+                    g.join("initramfs-debian.cpio.gz")
+                ),
+            )
+            .unwrap();
+        }),
+        Fault::Kill(_) => setup(),
+    };
+    let cid = id(name);
+    let events = env.containerd.events();
+    let run = match fault {
+        Fault::Kill(_) => vec![
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            &cid,
+            "sleep",
+            "1000",
+        ],
+        Fault::GuestPanic => vec![
+            "run",
+            "-d",
+            "--privileged",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            &cid,
+            "sh",
+            "-c",
+            "sleep 1; echo c > /proc/sysrq-trigger; sleep 1000",
+        ],
+    };
+    assert!(env.ctr(&run).status.success(), "run -d {cid}");
+    let dir = lazyvm::sandbox::sandbox_dir(Path::new(lazyvm::sandbox::RUN_DIR), &cid);
+    let t0 = std::time::Instant::now();
+    if let Fault::Kill(what) = fault {
+        let victims: Vec<u32> = processes_mentioning(&dir)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.split('\0').next().is_some_and(|exe| exe.contains(what)))
+            })
+            .collect();
+        assert_eq!(victims.len(), 1, "one {what} for {cid}: {victims:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victims[0] as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    env.wait_stopped(&cid);
+    eprintln!(
+        "{fault:?}: the task stopped {:?} after the fault",
+        t0.elapsed()
+    );
+    assert!(env.ctr(&["task", "delete", &cid]).status.success());
+    assert!(env.ctr(&["container", "delete", &cid]).status.success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let printed = containerd::stop_events(events);
+    let exit = printed
+        .lines()
+        .find(|l| l.contains("/tasks/exit") && l.contains(&cid))
+        .unwrap_or_else(|| panic!("no TaskExit for {cid} in:\n{printed}"));
+    assert!(exit.contains("\"exit_status\":255"), "{exit}");
+    assert_sandbox_gone(&cid);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&cid), "a mount of {cid} is left");
+    let log = std::fs::read_to_string(env.containerd.dir.join("containerd.log")).unwrap();
+    let why = log
+        .lines()
+        .find(|l| l.contains("the pod failed"))
+        .unwrap_or_else(|| panic!("the shim's log does not say why"));
+    eprintln!("{why}");
+    let expected = match fault {
+        Fault::Kill("qemu-system") | Fault::GuestPanic => "QEMU exited unexpectedly",
+        Fault::Kill("nydusd") => "nydusd exited unexpectedly",
+        Fault::Kill(_) => "vhost-device-vsock exited unexpectedly",
+    };
+    assert!(why.contains(expected), "{why}");
+    if let Fault::GuestPanic = fault {
+        assert!(
+            log.contains("Kernel panic"),
+            "the console's last lines are in the log"
+        );
+    }
+    // The next pod starts normally.
+    let out = env.run(&format!("{name}-next"), &["echo", "next"]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), "next\n");
+}
+
+#[test]
+fn qemu_killed_ends_the_pod() {
+    a_dead_part_ends_the_pod("f-qemu", Fault::Kill("qemu-system"));
+}
+
+#[test]
+fn nydusd_killed_ends_the_pod() {
+    a_dead_part_ends_the_pod("f-nydusd", Fault::Kill("nydusd"));
+}
+
+#[test]
+fn vhost_vsock_killed_ends_the_pod() {
+    a_dead_part_ends_the_pod("f-vsock", Fault::Kill("vhost-device-vsock"));
+}
+
+#[test]
+fn a_guest_kernel_panic_ends_the_pod() {
+    a_dead_part_ends_the_pod("f-panic", Fault::GuestPanic);
 }

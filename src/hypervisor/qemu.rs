@@ -305,6 +305,12 @@ impl Qemu {
         Ok(Qemu { process, files })
     }
 
+    /// A handle that SIGKILLs the process by its pidfd (see
+    /// [`crate::process::Supervised::kill_handle`]).
+    pub fn kill_handle(&self) -> Option<crate::process::KillHandle> {
+        self.process.kill_handle()
+    }
+
     /// QEMU's pid.
     pub fn pid(&self) -> u32 {
         self.process.pid()

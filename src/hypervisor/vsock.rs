@@ -87,6 +87,12 @@ impl VhostVsock {
         }
     }
 
+    /// A handle that SIGKILLs the process by its pidfd (see
+    /// [`crate::process::Supervised::kill_handle`]).
+    pub fn kill_handle(&self) -> Option<crate::process::KillHandle> {
+        self.process.kill_handle()
+    }
+
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.process.pid()

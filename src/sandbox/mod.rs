@@ -214,6 +214,19 @@ struct Holdings {
     rafs: Option<String>,
 }
 
+/// Kills a sandbox's helpers: see [`Sandbox::kill_switch`].
+#[derive(Debug, Default)]
+pub struct KillSwitch(Vec<crate::process::KillHandle>);
+
+impl KillSwitch {
+    /// SIGKILLs every helper still running.
+    pub fn kill(&self) {
+        for h in &self.0 {
+            h.kill();
+        }
+    }
+}
+
 /// A running sandbox.
 #[derive(Debug)]
 pub struct Sandbox {
@@ -570,14 +583,30 @@ impl Sandbox {
         .collect()
     }
 
+    /// What kills every helper of the sandbox at once (QEMU, vhost-device-vsock, nydusd)
+    /// without its lock: for a failed pod, whose pending guest calls must end now.
+    pub fn kill_switch(&self) -> KillSwitch {
+        let handles = [
+            self.qemu.as_ref().and_then(Qemu::kill_handle),
+            self.vsock.as_ref().and_then(VhostVsock::kill_handle),
+            self.nydusd.as_ref().and_then(Nydusd::kill_handle),
+        ];
+        KillSwitch(handles.into_iter().flatten().collect())
+    }
+
     /// A future that resolves when a helper process dies on its own, with the reason (and
     /// the end of the guest console when it was QEMU). It does not borrow the sandbox.
     pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
         let mut rx = self.failed.clone();
         async move {
-            match rx.wait_for(Option::is_some).await {
-                Ok(r) => r.clone().unwrap_or_default(),
-                Err(_) => "the sandbox is gone".to_string(),
+            let reason = rx
+                .wait_for(Option::is_some)
+                .await
+                .map(|r| r.clone().unwrap_or_default());
+            match reason {
+                Ok(r) => r,
+                // Stopped by its owner: that is no failure, and none will come.
+                Err(_) => std::future::pending().await,
             }
         }
     }

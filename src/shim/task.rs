@@ -63,6 +63,9 @@ struct Inner {
     pod: Mutex<Option<Sandbox>>,
     /// The running VM's agent client, for calls that need no lock.
     agent: std::sync::RwLock<Option<AgentClient>>,
+    /// Set (with the reason) when a part of the pod dies on its own: every process still
+    /// waited for exits at once with [`LOST_STATUS`].
+    pod_failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl TaskService {
@@ -80,6 +83,7 @@ impl TaskService {
                 state: Mutex::new(State::default()),
                 pod: Mutex::new(None),
                 agent: std::sync::RwLock::new(None),
+                pod_failure: tokio::sync::watch::channel(None).0,
             }),
         }
     }
@@ -136,12 +140,35 @@ impl TaskService {
         })?;
         let agent = sandbox.agent().cloned();
         let timings = sandbox.timings();
+        let (failed, kill) = (sandbox.failed(), sandbox.kill_switch());
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let reason = failed.await;
+            svc.pod_failed(&reason, kill).await;
+        });
         *pod = Some(sandbox);
         self.set_agent(agent.clone());
         if let Some(agent) = agent {
             self.watch_oom(agent);
         }
         Ok(Some(timings))
+    }
+
+    /// A part of the pod died on its own (QEMU, the guest kernel, nydusd,
+    /// vhost-device-vsock): the pod is over. Every helper is killed (so that pending guest
+    /// calls end now), every waited-for process exits with [`LOST_STATUS`], and the sandbox
+    /// is torn down (mounts, directories, network); Delete then only forgets the tasks.
+    async fn pod_failed(&self, reason: &str, kill: crate::sandbox::KillSwitch) {
+        log::error!("the pod failed: {reason}");
+        kill.kill();
+        self.inner
+            .pod_failure
+            .send_replace(Some(reason.to_string()));
+        self.set_agent(None);
+        let sandbox = self.inner.pod.lock().await.take();
+        if let Some(sandbox) = sandbox {
+            sandbox.stop().await;
+        }
     }
 
     fn watch_oom(&self, agent: AgentClient) {
@@ -163,19 +190,24 @@ impl TaskService {
     /// the exit and publishes TaskExit.
     fn watch_exit(&self, agent: AgentClient, cid: String, exec_id: String, pid: u32) {
         let svc = self.clone();
+        let mut failure = self.inner.pod_failure.subscribe();
         tokio::spawn(async move {
-            let exit = match agent.wait_process(&cid, &exec_id).await {
-                Ok(e) => Exit {
-                    status: e.status as u32,
-                    at: Some(e.exited_at_ns),
-                },
-                Err(e) => {
-                    log::warn!("waiting for {cid}/{exec_id}: {e}");
-                    Exit {
-                        status: LOST_STATUS,
-                        at: None,
+            let lost = Exit {
+                status: LOST_STATUS,
+                at: None,
+            };
+            let exit = tokio::select! {
+                r = agent.wait_process(&cid, &exec_id) => match r {
+                    Ok(e) => Exit {
+                        status: e.status as u32,
+                        at: Some(e.exited_at_ns),
+                    },
+                    Err(e) => {
+                        log::warn!("waiting for {cid}/{exec_id}: {e}");
+                        lost
                     }
-                }
+                },
+                _ = failure.wait_for(Option::is_some) => lost,
             };
             let relays = {
                 let mut state = svc.inner.state.lock().await;
