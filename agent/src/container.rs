@@ -33,6 +33,9 @@ pub struct PendingIo {
     stdout: Arc<Output>,
     stderr: Arc<Output>,
     terminal: bool,
+    /// Taken before the process is created: an exit of its pid reaped earlier was
+    /// another process's.
+    since: std::time::Instant,
 }
 
 impl PendingIo {
@@ -46,6 +49,7 @@ impl PendingIo {
                     stdout: Arc::new(Output::default()),
                     stderr: Output::empty(),
                     terminal,
+                    since: std::time::Instant::now(),
                 },
                 ProcessIo::Terminal,
             ));
@@ -63,6 +67,7 @@ impl PendingIo {
                 stdout,
                 stderr,
                 terminal,
+                since: std::time::Instant::now(),
             },
             ProcessIo::Pipes(ChildStdio {
                 stdin: in_r,
@@ -92,8 +97,9 @@ impl PendingIo {
         };
         let (tx, rx) = watch::channel(None);
         let r = reaper.clone();
+        let since = self.since;
         tokio::spawn(async move {
-            if let Ok(status) = r.wait(pid).await {
+            if let Ok(status) = r.wait(pid, since).await {
                 let _ = tx.send(Some(status));
             }
         });

@@ -2,7 +2,9 @@
 //! orphan becomes its child. Exit statuses are delivered to whoever subscribed to the pid
 //! (crun invocations, container processes); statuses nobody asked for yet are kept for a
 //! while so that a subscriber arriving after the exit (a fast process, a pid read late
-//! from a pid file) still gets it.
+//! from a pid file) still gets it. A subscriber says since when its process can exist
+//! (an instant taken before it was created): an exit reaped earlier belongs to another
+//! process that had the same pid, and is never handed out for this one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -59,7 +61,8 @@ impl ExitStatus {
 #[derive(Default)]
 struct Table {
     waiters: HashMap<i32, Vec<oneshot::Sender<ExitStatus>>>,
-    unclaimed: HashMap<i32, (ExitStatus, Instant)>,
+    /// Per pid, the unclaimed exits with the instant each was reaped (oldest first).
+    unclaimed: HashMap<i32, Vec<(ExitStatus, Instant)>>,
 }
 
 /// Handle to the reaper; cheap to clone.
@@ -109,19 +112,30 @@ impl Reaper {
             }
             None => {
                 let now = Instant::now();
-                t.unclaimed
-                    .retain(|_, (_, at)| now.duration_since(*at) < KEEP_UNCLAIMED);
-                t.unclaimed.insert(pid, (exit, now));
+                t.unclaimed.retain(|_, exits| {
+                    exits.retain(|(_, at)| now.duration_since(*at) < KEEP_UNCLAIMED);
+                    !exits.is_empty()
+                });
+                t.unclaimed.entry(pid).or_default().push((exit, now));
             }
         }
     }
 
-    /// Waits for `pid` to exit. Works whether the exit happened already or not.
-    pub async fn wait(&self, pid: i32) -> Result<ExitStatus, ReaperError> {
+    /// Waits for `pid` to exit, `since` being an instant before that process was created.
+    /// Works whether the exit happened already or not; an exit of the same pid reaped
+    /// before `since` was another process's and is dropped.
+    pub async fn wait(&self, pid: i32, since: Instant) -> Result<ExitStatus, ReaperError> {
         let rx = {
             let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((exit, _)) = t.unclaimed.remove(&pid) {
-                return Ok(exit);
+            if let Some(exits) = t.unclaimed.remove(&pid) {
+                let mut ours = exits.into_iter().filter(|(_, at)| *at >= since);
+                if let Some((exit, _)) = ours.next() {
+                    let later: Vec<_> = ours.collect();
+                    if !later.is_empty() {
+                        t.unclaimed.insert(pid, later);
+                    }
+                    return Ok(exit);
+                }
             }
             let (tx, rx) = oneshot::channel();
             t.waiters.entry(pid).or_default().push(tx);
@@ -151,13 +165,34 @@ mod tests {
     #[tokio::test]
     async fn early_and_late_subscribers() {
         let r = Reaper::default();
+        let since = Instant::now();
         let exit = ExitStatus { code: 7, at_ns: 1 };
         r.deliver(42, exit);
-        assert_eq!(r.wait(42).await.unwrap(), exit);
+        assert_eq!(r.wait(42, since).await.unwrap(), exit);
         let r2 = r.clone();
-        let h = tokio::spawn(async move { r2.wait(43).await });
+        let h = tokio::spawn(async move { r2.wait(43, since).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         r.deliver(43, exit);
         assert_eq!(h.await.unwrap().unwrap(), exit);
+    }
+
+    #[tokio::test]
+    async fn a_reused_pid_never_gets_the_old_exit() {
+        let r = Reaper::default();
+        let old = ExitStatus { code: 1, at_ns: 1 };
+        r.deliver(50, old);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // A new process gets pid 50 after the old one was reaped.
+        let since = Instant::now();
+        let r2 = r.clone();
+        let h = tokio::spawn(async move { r2.wait(50, since).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !h.is_finished(),
+            "the old exit was handed to the new process"
+        );
+        let new = ExitStatus { code: 0, at_ns: 2 };
+        r.deliver(50, new);
+        assert_eq!(h.await.unwrap().unwrap(), new);
     }
 }

@@ -133,6 +133,7 @@ impl Crun {
             }
         }
         log::debug!("crun {}", args.join(" "));
+        let since = std::time::Instant::now();
         let child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
             bin: self.bin.display().to_string(),
             source,
@@ -142,7 +143,7 @@ impl Crun {
         let pid = child.id() as i32;
         // The reaper owns waitpid: never call child.wait() (dropping a Child does not wait).
         drop(child);
-        let status = tokio::time::timeout(CRUN_TIMEOUT, self.reaper.wait(pid))
+        let status = tokio::time::timeout(CRUN_TIMEOUT, self.reaper.wait(pid, since))
             .await
             .map_err(|_| RuntimeError::Timeout(op.to_owned()))??;
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -775,21 +775,26 @@ impl Sandbox {
     }
 
     /// Removes container `cid`: the agent deletes it (killing what still runs), then its
-    /// host mounts and directory go.
+    /// host mounts and directory go. If the guest fails to remove it, nothing changes on
+    /// the host (the guest may still use its mounts) and the removal can be retried.
     pub async fn remove_container(&mut self, cid: &str) -> Result<(), SandboxError> {
-        let holdings = self
-            .containers
-            .remove(cid)
-            .ok_or(SandboxError::NotRunning)?;
+        if !self.containers.contains_key(cid) {
+            return Err(SandboxError::NoContainer(cid.to_string()));
+        }
+        if let Some(agent) = &self.agent {
+            match agent.remove_container(cid, true).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         if self.pod_sandbox.as_deref() == Some(cid) {
             self.pod_sandbox = None;
         }
-        let removed = match &self.agent {
-            Some(agent) => agent.remove_container(cid, true).await,
-            None => Ok(()),
-        };
-        self.release(cid, holdings).await;
-        Ok(removed?)
+        if let Some(holdings) = self.containers.remove(cid) {
+            self.release(cid, holdings).await;
+        }
+        Ok(())
     }
 
     /// Stops the sandbox and removes everything it made on the host.

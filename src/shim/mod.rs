@@ -82,7 +82,11 @@ impl Shim for LazyvmShim {
         let bundle = std::env::current_dir().map_err(|e| Error::Other(e.to_string()))?;
         let spec = Spec::load(bundle.join("config.json")).ok();
         let sandbox_id = sandbox_id_of(spec.as_ref(), &self.id);
-        cleanup_dead_shim(&bundle, &sandbox_id);
+        // Blocking work (waiting for killed helpers, unmounting): off the async workers.
+        let cleanup = bundle.clone();
+        tokio::task::spawn_blocking(move || cleanup_dead_shim(&cleanup, &sandbox_id))
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?;
         let mut resp = DeleteResponse::new();
         // As runc's shim: the task was killed with the shim.
         resp.exit_status = 128 + 9;

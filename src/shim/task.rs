@@ -507,16 +507,26 @@ impl Task for TaskService {
                 format!("container {} is still running: kill it first", req.id),
             ));
         }
-        let c = state
+        drop(state);
+        // The guest first: if it cannot remove the container, Delete fails and the task
+        // stays, so that containerd (or the kubelet) can retry.
+        if let Some(sandbox) = self.inner.pod.lock().await.as_mut() {
+            match sandbox.remove_container(&req.id).await {
+                Ok(()) | Err(crate::sandbox::SandboxError::NoContainer(_)) => {}
+                Err(e) => {
+                    log::warn!("removing {} from the sandbox: {e}", req.id);
+                    return Err(internal(format!("removing {} from the VM: {e}", req.id)));
+                }
+            }
+        }
+        let c = self
+            .inner
+            .state
+            .lock()
+            .await
             .containers
             .remove(&req.id)
             .ok_or_else(|| not_found(&req.id))?;
-        drop(state);
-        if let Some(sandbox) = self.inner.pod.lock().await.as_mut() {
-            if let Err(e) = sandbox.remove_container(&req.id).await {
-                log::warn!("removing {} from the sandbox: {e}", req.id);
-            }
-        }
         if let Some(p) = &c.host_rootfs {
             unmount_rootfs(p);
         }
