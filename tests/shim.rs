@@ -464,3 +464,90 @@ fn vhost_vsock_killed_ends_the_pod() {
 fn a_guest_kernel_panic_ends_the_pod() {
     a_dead_part_ends_the_pod("f-panic", Fault::GuestPanic);
 }
+
+/// containerd stopped (SIGTERM, then in a second round SIGKILL) and started again under
+/// running containers: they keep running and are listed with the right state, their
+/// output keeps reaching their log, exec works, a container that exited while containerd
+/// was down is STOPPED with its exit status, and stop and delete work afterwards.
+#[test]
+fn containerd_restarts_under_running_containers() {
+    use nix::sys::signal::Signal;
+    for sig in [Signal::SIGTERM, Signal::SIGKILL] {
+        let mut env = setup();
+        let tag = if sig == Signal::SIGTERM { "t" } else { "k" };
+        let (a, b) = (id(&format!("cr{tag}-a")), id(&format!("cr{tag}-b")));
+        let log = env._tmp.path().join(format!("{a}.log"));
+        let uri = format!("file://{}", log.display());
+        let ticker = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.5; done";
+        let out = env.ctr(&[
+            "run",
+            "-d",
+            "--log-uri",
+            &uri,
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            &a,
+            "sh",
+            "-c",
+            ticker,
+        ]);
+        assert!(out.status.success(), "run -d {a}");
+        let out = env.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            &b,
+            "sh",
+            "-c",
+            "sleep 2; exit 7",
+        ]);
+        assert!(out.status.success(), "run -d {b}");
+        let ticks = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let before = ticks();
+        // Down for 6 s: b exits meanwhile, a keeps printing.
+        env.containerd
+            .restart(sig, std::time::Duration::from_secs(6));
+        assert!(
+            ticks() >= before + 8,
+            "{a}'s output stopped reaching its log: {before} then {} lines",
+            ticks()
+        );
+        let ls = text(&env.ctr(&["task", "ls"]).stdout);
+        assert!(
+            ls.lines().any(|l| l.contains(&a) && l.contains("RUNNING")),
+            "{ls}"
+        );
+        env.wait_stopped(&b);
+        let out = env.ctr(&["task", "exec", "--exec-id", "after", &a, "echo", "exec-ok"]);
+        assert!(out.status.success());
+        assert_eq!(text(&out.stdout), "exec-ok\n");
+        // b's exit status survived the restart.
+        let out = env.ctr(&["task", "delete", &b]);
+        assert!(out.status.success());
+        assert!(
+            text(&out.stderr).contains("exit code 7"),
+            "b's exit status: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(env.ctr(&["container", "delete", &b]).status.success());
+        // b's TaskExit, sent while containerd was down, was delivered once it was back.
+        let log = std::fs::read_to_string(env.containerd.dir.join("containerd.log")).unwrap();
+        assert!(
+            log.contains("published /tasks/exit after"),
+            "the exit event was not retried"
+        );
+        env.kill_and_delete(&a);
+        assert_sandbox_gone(&a);
+        assert_sandbox_gone(&b);
+    }
+}

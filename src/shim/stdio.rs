@@ -99,8 +99,19 @@ impl Relays {
 type Sink = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// Opens an output: a fifo read-write (never blocks, always has a reader), or a plain
-/// file for appending.
+/// file for appending (a path, or a `file://` URI as `ctr run --log-uri` gives it; a
+/// `binary://` logger is refused by name).
 async fn open_output(path: &str) -> io::Result<Sink> {
+    let path = match path.split_once("://") {
+        Some(("file", p)) if p.starts_with('/') => p,
+        Some((scheme, _)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("log URI scheme {scheme}:// is not supported (file:// is)"),
+            ))
+        }
+        None => path,
+    };
     let is_fifo = tokio::fs::metadata(path)
         .await
         .map(|m| m.file_type().is_fifo())

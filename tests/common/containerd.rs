@@ -246,6 +246,7 @@ pub struct Containerd {
     pub dir: PathBuf,
     pub socket: PathBuf,
     child: std::process::Child,
+    command: Vec<(String, String)>,
 }
 
 impl Containerd {
@@ -275,22 +276,53 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             ),
         )
         .unwrap();
-        let path = bin.search_path(shim_dir);
-        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-        let child = Command::new(bin.path("containerd"))
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .env("LAZYVM_CONFIG", lazyvm_config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting containerd (make deps installs it)");
+        let command = vec![
+            ("PATH".to_string(), bin.search_path(shim_dir)),
+            (
+                "LAZYVM_CONFIG".to_string(),
+                lazyvm_config.display().to_string(),
+            ),
+        ];
+        let child = Self::spawn(dir, &command);
         let c = Containerd {
             dir: dir.to_path_buf(),
             socket,
             child,
+            command,
         };
+        c.wait_ready();
+        c
+    }
+
+    fn spawn(dir: &Path, env: &[(String, String)]) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("containerd.log"))
+            .unwrap();
+        Command::new(crate::common::containerd_bin().path("containerd"))
+            .arg("--config")
+            .arg(dir.join("containerd.toml"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting containerd (make deps installs it)")
+    }
+
+    /// Stops containerd with `sig` (its shims keep running), waits for it to exit, leaves
+    /// it down for `down`, and starts it again on the same root, state and sockets.
+    pub fn restart(&mut self, sig: nix::sys::signal::Signal, down: std::time::Duration) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Self::spawn(&self.dir, &self.command);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let dir = &self.dir;
+        let c = self;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while !c.ctr(&["version"]).status.success() {
             assert!(
@@ -300,7 +332,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        c
     }
 
     /// `ctr` against this containerd, in namespace `lazyvm-test`.
