@@ -18,7 +18,9 @@ pub struct Process {
     /// Guest pid.
     pub pid: i32,
     exit: watch::Receiver<Option<ExitStatus>>,
-    stdin: Mutex<Option<Stdin>>,
+    /// Held only for a moment (to clone or take): writes happen on a blocking thread
+    /// with their own reference, so a full pipe never blocks an async worker or a close.
+    stdin: Mutex<Option<Arc<Stdin>>>,
     /// Buffered stdout (pty output for a terminal).
     pub stdout: Arc<Output>,
     /// Buffered stderr (empty for a terminal).
@@ -90,10 +92,13 @@ impl PendingIo {
                 let reader = stdio::dup(&m)?;
                 self.stdout.spawn_reader(reader)?;
                 let f = Arc::new(File::from(m));
-                (Some(Stdin::Pty(Arc::clone(&f))), Some(f))
+                (Some(Arc::new(Stdin::Pty(Arc::clone(&f)))), Some(f))
             }
             (true, None) => (None, None),
-            (false, _) => (self.stdin.map(|w| Stdin::Pipe(File::from(w))), None),
+            (false, _) => (
+                self.stdin.map(|w| Arc::new(Stdin::Pipe(File::from(w)))),
+                None,
+            ),
         };
         let (tx, rx) = watch::channel(None);
         let r = reaper.clone();
@@ -135,26 +140,29 @@ impl Process {
 
     /// Writes to stdin (blocking until written).
     pub async fn write_stdin(self: &Arc<Self>, data: Vec<u8>) -> Result<usize, StdioError> {
-        let me = Arc::clone(self);
         let len = data.len();
-        tokio::task::spawn_blocking(move || {
-            let guard = me.stdin.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.as_ref() {
-                Some(s) => s.write_all(&data),
-                None => Err(StdioError::Closed),
-            }
-        })
-        .await
-        .map_err(|e| StdioError::Write(std::io::Error::other(e.to_string())))??;
+        let stdin = self
+            .stdin
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StdioError::Closed)?;
+        tokio::task::spawn_blocking(move || stdin.write_all(&data))
+            .await
+            .map_err(|e| StdioError::Write(std::io::Error::other(e.to_string())))??;
         Ok(len)
     }
 
     /// Closes stdin. Closing twice is fine, and so is closing after the exit (a pty then
     /// gets no ^D: nobody would read it).
-    pub fn close_stdin(&self) -> Result<(), StdioError> {
+    pub async fn close_stdin(&self) -> Result<(), StdioError> {
         let taken = self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
         match taken {
-            Some(s) if self.exited().is_none() => s.close(),
+            // A pipe closes when its last reference (a pending write's, maybe) goes; a
+            // pty gets ^D, written off the async workers.
+            Some(s) if self.exited().is_none() => tokio::task::spawn_blocking(move || s.close())
+                .await
+                .map_err(|e| StdioError::Write(std::io::Error::other(e.to_string())))?,
             _ => Ok(()),
         }
     }
@@ -185,7 +193,8 @@ impl Process {
     pub fn discard_output(&self) {
         self.stdout.discard();
         self.stderr.discard();
-        let _ = self.close_stdin();
+        // Dropping our references closes a pipe (no ^D for a pty nobody will read).
+        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.pty.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }

@@ -784,7 +784,7 @@ impl Agent for Handler {
 
     async fn close_stdin(&self, _: &TtrpcContext, r: CloseStdinRequest) -> ttrpc::Result<Empty> {
         let p = log_err("CloseStdin", self.0.process(&r.container_id, &r.exec_id))?;
-        log_err("CloseStdin", p.close_stdin().map_err(Into::into)).map(|_| empty())
+        log_err("CloseStdin", p.close_stdin().await.map_err(Into::into)).map(|_| empty())
     }
 
     async fn read_stdout(

@@ -197,10 +197,10 @@ impl Stdin {
 
     /// Closes stdin: the pipe is closed; on a pty, EOF (^D) is sent (unless nobody holds
     /// the terminal any more: EIO).
-    pub fn close(self) -> Result<(), StdioError> {
-        match self {
-            Stdin::Pipe(f) => drop(f),
-            Stdin::Pty(f) => match (&*f).write_all(&[4]) {
+    pub fn close(self: Arc<Self>) -> Result<(), StdioError> {
+        match &*self {
+            Stdin::Pipe(_) => drop(self),
+            Stdin::Pty(f) => match (&**f).write_all(&[4]) {
                 Err(e) if e.raw_os_error() != Some(libc::EIO) => return Err(StdioError::Write(e)),
                 _ => {}
             },
