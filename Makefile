@@ -5,7 +5,7 @@ PREFIX ?= /usr/local
 SHARE ?= $(PREFIX)/share/lazyvm
 ETC ?= /etc/lazyvm
 
-.PHONY: all deps build guest install test test-compat unit-test demo bench lint clean
+.PHONY: all deps build guest install test test-compat unit-test demo bench fuzz lint clean
 
 all: build
 
@@ -68,6 +68,15 @@ demo: deps guest
 ## output line, lazyvm vs runc).
 bench: deps guest
 	$(CARGO) bench --bench boot --bench ctr --bench pod
+
+## Fuzzing (nightly toolchain and cargo-fuzz): every target in fuzz/ for FUZZ_SECONDS
+## seconds each, one after the other; crashes land in fuzz/artifacts/<target>/.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@for t in $$($(CARGO) +nightly fuzz list); do \
+	  echo "== fuzz $$t =="; \
+	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -106,6 +106,32 @@ impl Env {
     }
 }
 
+/// SIGKILLs the one process whose command line mentions `needle` and whose program
+/// name contains `program` (by pid: it is ours to stop).
+fn kill_the_one(needle: &Path, program: &str) {
+    let found: Vec<u32> = processes_mentioning(needle)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                c.split('\0')
+                    .next()
+                    .is_some_and(|exe| exe.contains(program))
+            })
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {program} for {}: {found:?}",
+        needle.display()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(found[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
 fn assert_sandbox_gone(cid: &str) {
     let dir = lazyvm::sandbox::sandbox_dir(Path::new(lazyvm::sandbox::RUN_DIR), cid);
     assert!(!dir.exists(), "{} left behind", dir.display());
@@ -283,19 +309,7 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
     env.run_detached(&cid);
     let dir = lazyvm::sandbox::sandbox_dir(Path::new(lazyvm::sandbox::RUN_DIR), &cid);
     assert!(dir.exists());
-    let shims: Vec<u32> = processes_mentioning(&env.containerd.socket)
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.contains("containerd-shim-lazyvm-v2"))
-        })
-        .collect();
-    assert_eq!(shims.len(), 1, "{shims:?}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shims[0] as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill_the_one(&env.containerd.socket, "containerd-shim-lazyvm-v2");
     std::thread::sleep(std::time::Duration::from_millis(500));
     let _ = env.ctr(&["task", "delete", "--force", &cid]);
     let _ = env.ctr(&["container", "delete", &cid]);
@@ -390,19 +404,7 @@ fn a_dead_part_ends_the_pod(name: &str, fault: Fault) {
     let dir = lazyvm::sandbox::sandbox_dir(Path::new(lazyvm::sandbox::RUN_DIR), &cid);
     let t0 = std::time::Instant::now();
     if let Fault::Kill(what) = fault {
-        let victims: Vec<u32> = processes_mentioning(&dir)
-            .into_iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                    .is_ok_and(|c| c.split('\0').next().is_some_and(|exe| exe.contains(what)))
-            })
-            .collect();
-        assert_eq!(victims.len(), 1, "one {what} for {cid}: {victims:?}");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(victims[0] as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        kill_the_one(&dir, what);
     }
     env.wait_stopped(&cid);
     eprintln!(

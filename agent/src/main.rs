@@ -20,8 +20,10 @@ mod remove;
 mod rootfs;
 mod runtime;
 mod service;
-mod spec;
 mod stdio;
+
+// OCI spec handling lives in the library target (agent/src/lib.rs), which fuzz/ uses too.
+use lazyvm_agent::spec;
 
 use std::path::PathBuf;
 use std::time::Duration;

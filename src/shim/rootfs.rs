@@ -23,22 +23,12 @@ pub fn prefetch_files(spec: &Spec) -> TtrpcResult<Vec<String>> {
     else {
         return Ok(Vec::new());
     };
-    let files: Vec<String> = match serde_json::from_str::<Vec<String>>(value) {
-        Ok(list) => list,
-        Err(_) => value
-            .split([',', '\n'])
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
-    };
-    if let Some(bad) = files.iter().find(|f| !f.starts_with('/')) {
-        return Err(status_error(
+    crate::rootfs::parse_prefetch_files(value).map_err(|e| {
+        status_error(
             Code::INVALID_ARGUMENT,
-            format!("{PREFETCH_ANNOTATION}: {bad:?} is not an absolute path"),
-        ));
-    }
-    Ok(files)
+            format!("{PREFETCH_ANNOTATION}: {e}"),
+        )
+    })
 }
 
 /// The container's rootfs from containerd's mounts: a nydus image is handed to the

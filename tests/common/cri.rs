@@ -227,12 +227,77 @@ impl CriEnv {
     /// handlers, CNI from /usr/lib/cni with our conflist. Version 2 for containerd 1.x,
     /// version 3 (the CRI split into `io.containerd.cri.v1.images` and `.runtime`) for 2.x.
     fn containerd_config(&self) -> String {
-        if crate::common::containerd_bin().major >= 2 {
-            return self.containerd_config_v3();
-        }
         let d = &self.dir;
+        let (version, images, runtime, server) = if crate::common::containerd_bin().major >= 2 {
+            (
+                3,
+                r#"plugins."io.containerd.cri.v1.images".pinned_images"#,
+                r#"plugins."io.containerd.cri.v1.runtime""#,
+                r#"plugins."io.containerd.grpc.v1.cri""#,
+            )
+        } else {
+            let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
+            (2, cri, cri, cri)
+        };
+        // Version 2 keeps everything in one CRI table; version 3 names the pause image
+        // `sandbox` where version 2 says `sandbox_image`.
+        let pause_key = if version >= 3 {
+            "sandbox"
+        } else {
+            "sandbox_image"
+        };
+        let level = if std::env::var_os("LAZYVM_CRI_DEBUG").is_some() {
+            "debug"
+        } else {
+            "info"
+        };
+        let tables = [
+            format!("[{images}]\n  {pause_key} = \"{PAUSE_IMAGE}\"\n"),
+            format!(
+                "[{server}]\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n"
+            ),
+            format!(
+                r#"[{runtime}]
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  disable_apparmor = true
+  [{runtime}.cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni_conf}"
+    max_conf_num = 1
+  [{runtime}.containerd]
+    default_runtime_name = "runc"
+    [{runtime}.containerd.runtimes.lazyvm]
+      runtime_type = "io.containerd.lazyvm.v2"
+      pod_annotations = ["io.lazyvm.*"]
+    [{runtime}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [{runtime}.containerd.runtimes.runc.options]
+        Root = "{runc_root}"
+"#,
+                cni_conf = d.join("cni/net.d").display(),
+                runc_root = self.runc_root().display(),
+            ),
+        ];
+        // (In version 2 the three tables are one: TOML takes its keys in any order as
+        // long as a table is not opened twice, so they are merged there.)
+        let body = if version >= 3 {
+            tables.concat()
+        } else {
+            let mut merged = String::new();
+            for (i, t) in tables.iter().enumerate() {
+                let t = if i == 0 {
+                    t.as_str()
+                } else {
+                    // Drop the repeated header line.
+                    t.split_once('\n').map_or("", |(_, rest)| rest)
+                };
+                merged += t;
+            }
+            merged
+        };
         format!(
-            r#"version = 2
+            r#"version = {version}
 root = "{root}"
 state = "{state}"
 [grpc]
@@ -243,92 +308,11 @@ state = "{state}"
   level = "{level}"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{opt}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  restrict_oom_score_adj = true
-  enable_selinux = false
-  disable_apparmor = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{cni_conf}"
-    max_conf_num = 1
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.lazyvm]
-      runtime_type = "io.containerd.lazyvm.v2"
-      pod_annotations = ["io.lazyvm.*"]
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        Root = "{runc_root}"
-"#,
+{body}"#,
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = self.socket.display(),
-            level = if std::env::var_os("LAZYVM_CRI_DEBUG").is_some() {
-                "debug"
-            } else {
-                "info"
-            },
             opt = d.join("opt").display(),
-            pause = PAUSE_IMAGE,
-            cni_conf = d.join("cni/net.d").display(),
-            runc_root = self.runc_root().display(),
-        )
-    }
-
-    fn containerd_config_v3(&self) -> String {
-        let d = &self.dir;
-        let rt = "plugins.\"io.containerd.cri.v1.runtime\"";
-        format!(
-            r#"version = 3
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  level = "{level}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-[plugins."io.containerd.cri.v1.images".pinned_images]
-  sandbox = "{pause}"
-[plugins."io.containerd.grpc.v1.cri"]
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-[{rt}]
-  restrict_oom_score_adj = true
-  enable_selinux = false
-  disable_apparmor = true
-  [{rt}.cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{cni_conf}"
-    max_conf_num = 1
-  [{rt}.containerd]
-    default_runtime_name = "runc"
-    [{rt}.containerd.runtimes.lazyvm]
-      runtime_type = "io.containerd.lazyvm.v2"
-      pod_annotations = ["io.lazyvm.*"]
-    [{rt}.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [{rt}.containerd.runtimes.runc.options]
-        Root = "{runc_root}"
-"#,
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = self.socket.display(),
-            level = if std::env::var_os("LAZYVM_CRI_DEBUG").is_some() {
-                "debug"
-            } else {
-                "info"
-            },
-            opt = d.join("opt").display(),
-            pause = PAUSE_IMAGE,
-            cni_conf = d.join("cni/net.d").display(),
-            runc_root = self.runc_root().display(),
         )
     }
 
