@@ -78,10 +78,15 @@ pub struct KillHandle {
 impl KillHandle {
     /// SIGKILLs the process (nothing happens if it is gone already).
     pub fn kill(&self) {
-        match rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL) {
-            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-            Err(e) => log::warn!("killing {}: {e}", self.name),
-        }
+        send_signal(&self.pidfd, Signal::KILL, self.name);
+    }
+}
+
+/// Sends `sig` through `pidfd` (nothing happens if the process is gone already).
+fn send_signal(pidfd: &OwnedFd, sig: Signal, name: &str) {
+    match rustix::process::pidfd_send_signal(pidfd, sig) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+        Err(e) => log::warn!("signalling {name}: {e}"),
     }
 }
 
@@ -201,10 +206,7 @@ impl Supervised {
 
     /// Sends `sig` (nothing happens if the process is already gone).
     pub fn signal(&self, sig: Signal) {
-        match rustix::process::pidfd_send_signal(&self.pidfd, sig) {
-            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-            Err(e) => log::warn!("signalling {} (pid {}): {e}", self.name, self.pid),
-        }
+        send_signal(&self.pidfd, sig, self.name);
     }
 
     /// Waits up to `timeout` for the process to exit and be reaped.

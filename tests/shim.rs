@@ -62,17 +62,16 @@ impl Env {
 
     /// `ctr run -d` of `sleep 1000` as container `cid`.
     fn run_detached(&self, cid: &str) {
-        let out = self.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            cid,
-            "sleep",
-            "1000",
-        ]);
-        assert!(out.status.success(), "run -d {cid}");
+        self.run_detached_with(&[], cid, &["sleep", "1000"]);
+    }
+
+    /// `ctr run -d <flags> … cid cmd…`, which must succeed.
+    fn run_detached_with(&self, flags: &[&str], cid: &str, cmd: &[&str]) {
+        let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[IMAGE, cid]);
+        args.extend_from_slice(cmd);
+        assert!(self.ctr(&args).status.success(), "run -d {cid}");
     }
 
     /// SIGKILLs `cid`, waits until it is stopped, deletes its task and container.
@@ -154,17 +153,7 @@ fn ctr_run_exec_kill_pause_metrics() {
     assert_sandbox_gone(&id("c2"));
 
     let c3 = id("c3");
-    let out = env.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        &c3,
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success());
+    env.run_detached(&c3);
     let ls = text(&env.ctr(&["task", "ls"]).stdout);
     assert!(
         ls.lines().any(|l| l.contains(&c3) && l.contains("RUNNING")),
@@ -376,31 +365,18 @@ fn a_dead_part_ends_the_pod(name: &str, fault: Fault) {
     };
     let cid = id(name);
     let events = env.containerd.events();
-    let run = match fault {
-        Fault::Kill(_) => vec![
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
+    match fault {
+        Fault::Kill(_) => env.run_detached(&cid),
+        Fault::GuestPanic => env.run_detached_with(
+            &["--privileged"],
             &cid,
-            "sleep",
-            "1000",
-        ],
-        Fault::GuestPanic => vec![
-            "run",
-            "-d",
-            "--privileged",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            &cid,
-            "sh",
-            "-c",
-            "sleep 1; echo c > /proc/sysrq-trigger; sleep 1000",
-        ],
-    };
-    assert!(env.ctr(&run).status.success(), "run -d {cid}");
+            &[
+                "sh",
+                "-c",
+                "sleep 1; echo c > /proc/sysrq-trigger; sleep 1000",
+            ],
+        ),
+    }
     let dir = lazyvm::sandbox::sandbox_dir(Path::new(lazyvm::sandbox::RUN_DIR), &cid);
     let t0 = std::time::Instant::now();
     if let Fault::Kill(what) = fault {
@@ -481,32 +457,8 @@ fn containerd_restarts_under_running_containers() {
         let log = env._tmp.path().join(format!("{a}.log"));
         let uri = format!("file://{}", log.display());
         let ticker = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.5; done";
-        let out = env.ctr(&[
-            "run",
-            "-d",
-            "--log-uri",
-            &uri,
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            &a,
-            "sh",
-            "-c",
-            ticker,
-        ]);
-        assert!(out.status.success(), "run -d {a}");
-        let out = env.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            &b,
-            "sh",
-            "-c",
-            "sleep 2; exit 7",
-        ]);
-        assert!(out.status.success(), "run -d {b}");
+        env.run_detached_with(&["--log-uri", &uri], &a, &["sh", "-c", ticker]);
+        env.run_detached_with(&[], &b, &["sh", "-c", "sleep 2; exit 7"]);
         let ticks = || {
             std::fs::read_to_string(&log)
                 .unwrap_or_default()

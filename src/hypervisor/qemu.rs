@@ -368,23 +368,28 @@ async fn qmp_quit(sock: &Path) -> io::Result<()> {
     }
 }
 
-/// The last few KiB of a console log. The file is in QEMU's directory: a link there is
-/// not followed, and nothing but a regular file is read.
-pub fn console_tail(path: &Path) -> io::Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
+/// Opens the console log for reading. The file is in QEMU's directory (QEMU may run as
+/// another user): a link there is not followed, and nothing but a regular file is opened.
+pub fn open_console(path: &Path) -> io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
+    if !f.metadata()?.is_file() {
         return Err(io::Error::other(format!(
             "{} is not a regular file",
             path.display()
         )));
     }
-    let len = meta.len();
+    Ok(f)
+}
+
+/// The last few KiB of a console log (see [`open_console`]).
+pub fn console_tail(path: &Path) -> io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = open_console(path)?;
+    let len = f.metadata()?.len();
     f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL_BYTES)))?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;

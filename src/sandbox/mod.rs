@@ -847,23 +847,18 @@ impl Sandbox {
 /// Copies the guest console into the log (debug mode), line by line, as it grows.
 async fn follow_console(path: PathBuf) {
     use tokio::io::AsyncBufReadExt;
-    // QEMU creates the file as it starts: wait for it (a link is never followed).
+    // QEMU creates the file as it starts: wait for it.
     let mut file = None;
     for _ in 0..200 {
-        match tokio::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(&path)
-            .await
-        {
-            Ok(f) if f.metadata().await.is_ok_and(|m| m.is_file()) => {
-                file = Some(f);
+        match crate::hypervisor::qemu::open_console(&path) {
+            Ok(f) => {
+                file = Some(tokio::fs::File::from_std(f));
                 break;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
-            _ => return,
+            Err(_) => return,
         }
     }
     let Some(file) = file else { return };

@@ -252,13 +252,15 @@ impl CriEnv {
             "info"
         };
         let tables = [
-            format!("[{images}]\n  {pause_key} = \"{PAUSE_IMAGE}\"\n"),
-            format!(
-                "[{server}]\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n"
+            (images, format!("  {pause_key} = \"{PAUSE_IMAGE}\"\n")),
+            (
+                server,
+                "  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n".into(),
             ),
-            format!(
-                r#"[{runtime}]
-  restrict_oom_score_adj = true
+            (
+                runtime,
+                format!(
+                    r#"  restrict_oom_score_adj = true
   enable_selinux = false
   disable_apparmor = true
   [{runtime}.cni]
@@ -275,27 +277,21 @@ impl CriEnv {
       [{runtime}.containerd.runtimes.runc.options]
         Root = "{runc_root}"
 "#,
-                cni_conf = d.join("cni/net.d").display(),
-                runc_root = self.runc_root().display(),
+                    cni_conf = d.join("cni/net.d").display(),
+                    runc_root = self.runc_root().display(),
+                ),
             ),
         ];
-        // (In version 2 the three tables are one: TOML takes its keys in any order as
-        // long as a table is not opened twice, so they are merged there.)
-        let body = if version >= 3 {
-            tables.concat()
-        } else {
-            let mut merged = String::new();
-            for (i, t) in tables.iter().enumerate() {
-                let t = if i == 0 {
-                    t.as_str()
-                } else {
-                    // Drop the repeated header line.
-                    t.split_once('\n').map_or("", |(_, rest)| rest)
-                };
-                merged += t;
+        // A table's header is written when it changes: in version 2 the three are one.
+        let mut body = String::new();
+        let mut open = "";
+        for (table, keys) in tables {
+            if table != open {
+                body += &format!("[{table}]\n");
+                open = table;
             }
-            merged
-        };
+            body += &keys;
+        }
         format!(
             r#"version = {version}
 root = "{root}"
