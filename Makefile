@@ -4,6 +4,7 @@ PREFIX ?= /usr/local
 
 SHARE ?= $(PREFIX)/share/lazyvm
 ETC ?= /etc/lazyvm
+SYSTEMD ?= /etc/systemd/system
 
 .PHONY: all deps build guest install test test-compat unit-test demo bench fuzz lint clean
 
@@ -22,14 +23,19 @@ build:
 guest:
 	@bash scripts/build-guest.sh
 
-## Put the binaries on PATH, the guest image in $(SHARE), and a default configuration in
-## $(ETC) where none exists.
+## Put the binaries on PATH (the shim, lazyvm, lazyvm-snapshotter, nydus-overlayfs), the
+## guest image in $(SHARE), default configurations in $(ETC) where none exist, and the
+## snapshotter's systemd unit (`systemctl enable --now lazyvm-snapshotter`).
 install: build guest
-	install -m 0755 target/release/containerd-shim-lazyvm-v2 target/release/lazyvm $(PREFIX)/bin/
+	install -m 0755 target/release/containerd-shim-lazyvm-v2 target/release/lazyvm \
+	  target/release/lazyvm-snapshotter target/release/nydus-overlayfs $(PREFIX)/bin/
 	install -d $(SHARE)
 	install -m 0644 build/guest/vmlinux build/guest/initramfs.cpio.gz $(SHARE)/
 	install -d $(ETC)
 	test -e $(ETC)/config.toml || install -m 0644 deploy/config.toml $(ETC)/config.toml
+	test -e $(ETC)/snapshotter.toml || install -m 0600 deploy/snapshotter.toml $(ETC)/snapshotter.toml
+	install -d $(SYSTEMD)
+	install -m 0644 deploy/lazyvm-snapshotter.service $(SYSTEMD)/
 
 ## Everything CI runs: deps, the guest image, lint, unit and integration tests against the
 ## real components (nydusd, QEMU under TCG, containerd).

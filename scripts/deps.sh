@@ -12,6 +12,8 @@ PACKAGES=(
   busybox-static cpio linux-source-6.1 flex bison bc libelf-dev xz-utils
   # building nydus, the agent protocol
   cmake pkg-config libssl-dev protobuf-compiler
+  # registry for the lazy-pull tests (run by the tests in their own netns)
+  docker-registry
 )
 
 missing=()
@@ -25,6 +27,25 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 else
   echo "deps: Debian packages present"
+fi
+
+# The docker-registry package enables (and, where the init system lets it, starts) a
+# registry on the host's :5000; the tests run their own in a network namespace, so the
+# packaged service is stopped and disabled. Quiet and quick when it already is.
+if dpkg-query -W -f='${Status}' docker-registry 2>/dev/null | grep -q 'install ok installed'; then
+  if command -v systemctl >/dev/null; then
+    if systemctl is-enabled --quiet docker-registry 2>/dev/null; then
+      systemctl disable docker-registry >/dev/null 2>&1 || true
+    fi
+    if [ -d /run/systemd/system ] && systemctl is-active --quiet docker-registry 2>/dev/null; then
+      systemctl stop docker-registry >/dev/null 2>&1 || true
+    fi
+  elif command -v update-rc.d >/dev/null; then
+    update-rc.d docker-registry disable >/dev/null 2>&1 || true
+  fi
+  if [ ! -d /run/systemd/system ] && [ -x /etc/init.d/docker-registry ]; then
+    /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+  fi
 fi
 
 # containerd 1.7 (trixie) and 2.x (sid) for the compatibility tests: unpacked into the

@@ -12,12 +12,15 @@
 //! - [`network`] connects a pod's network namespace to the VM (taps, tc redirects);
 //! - [`process`] supervises the helper processes; [`mounts`] handles host mounts;
 //! - [`beneath`] is every file operation in a directory the guest can see: no symlink
-//!   is followed and no mount crossed.
+//!   is followed and no mount crossed;
+//! - [`image`] is `lazyvm image convert`: a rootfs or OCI archive to a nydus (or plain
+//!   OCI) image pushed to a registry.
 
 pub mod agent;
 pub mod beneath;
 pub mod config;
 pub mod hypervisor;
+pub mod image;
 pub mod mounts;
 pub mod network;
 pub mod nydusd;

@@ -106,7 +106,8 @@ async fn nydus_containers_share_a_vm_and_clean_up() {
             &[
                 "sh",
                 "-c",
-                "cat /etc/hello.txt; echo written-in-the-guest > /newfile; ls /bin/busybox",
+                "cat /etc/hello.txt; echo written-in-the-guest > /newfile; ls /bin/busybox; \
+                 (echo one > /etc/copied-up-1 && echo two > /etc/copied-up-2 && cat /etc/copied-up-2) 2>&1",
             ],
             vec![nydus_mount(&image, &snap)],
             &[("io.lazyvm.nydus.prefetch-files", r#"["/etc/hello.txt"]"#)],
@@ -122,11 +123,11 @@ async fn nydus_containers_share_a_vm_and_clean_up() {
         .mountpoints()
         .contains(&rafs_second));
     pod.start(&second).await;
-    assert_eq!(pod.wait(&second).await, 0);
-    assert_eq!(
-        std::fs::read_to_string(&stdout).unwrap(),
-        "hello from rafs\n/bin/busybox\n"
-    );
+    let status = pod.wait(&second).await;
+    let out = std::fs::read_to_string(&stdout).unwrap();
+    assert_eq!(status, 0, "{out}");
+    // Files created in a directory of the image (/etc: copied up from RAFS) too.
+    assert_eq!(out, "hello from rafs\n/bin/busybox\ntwo\n");
     // The container's writes land in the snapshot's upper directory on the host.
     assert_eq!(
         std::fs::read_to_string(snap.join("fs/newfile")).unwrap(),

@@ -726,11 +726,13 @@ impl Sandbox {
                 if !Path::new(&extra.source).is_file() {
                     return Err(SandboxError::Bootstrap(PathBuf::from(&extra.source)));
                 }
-                // Only the snapshot's upper and work directories are the guest's to write.
+                // The snapshot directory (its upper `fs` and `work`, checked to be real
+                // directories) is the guest's to write, as one bind: overlayfs renames
+                // from `work` into `fs` (copy-up), which fails with EXDEV across two.
                 let snapshot = Beneath::open(&extra.snapshotdir)
                     .map_err(|_| SandboxError::Snapshotdir(extra.snapshotdir.clone()))?;
-                let upper = snapshot.open_dir(Path::new("fs"))?;
-                let work = snapshot.open_dir(Path::new("work"))?;
+                snapshot.open_dir(Path::new("fs"))?;
+                snapshot.open_dir(Path::new("work"))?;
                 let nydusd = self.nydusd.as_ref().ok_or(SandboxError::NotRunning)?;
                 let t = Instant::now();
                 let req = nydusd::MountRequest::rafs(extra.source.clone(), extra.config())
@@ -742,8 +744,7 @@ impl Sandbox {
                     .map_err(|e| SandboxError::RafsMount(rafs.to_string(), Box::new(e)))?;
                 holdings.rafs = Some(rafs.to_string());
                 rafs_mount = Some(t.elapsed());
-                host.bind(BindSource::Fd(upper.fd()), &rel("snapshotdir/fs"), rw)?;
-                host.bind(BindSource::Fd(work.fd()), &rel("snapshotdir/work"), rw)?;
+                host.bind(BindSource::Fd(snapshot.fd()), &rel("snapshotdir"), rw)?;
                 vec![Storage {
                     fstype: "overlay".into(),
                     source: "overlay".into(),

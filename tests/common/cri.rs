@@ -25,13 +25,24 @@ use k8s_cri::v1::{
     ImageStatusRequest, KeyValue, LinuxContainerConfig, LinuxContainerResources,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
     ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxStatusRequest, PodSandboxStatusResponse, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile, StartContainerRequest,
-    StatusRequest, StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxStatusRequest, PodSandboxStatusResponse, PullImageRequest, RemoveContainerRequest,
+    RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile,
+    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
+use crate::common::registry::{Registry, Snapshotter, REGISTRY};
 use crate::common::{busybox_rootfs, oci_image_archive_cmd, processes_mentioning, write_config};
+
+/// The proxy snapshotter's name in containerd's configuration.
+pub const SNAPSHOTTER: &str = "lazyvm";
+
+/// A [`CriEnv`]'s lazy-pull parts: a registry in its netns and lazyvm-snapshotter as the
+/// CRI's snapshotter (with snapshot annotations on, and the registry as plain HTTP).
+pub struct LazyPull {
+    pub registry: Registry,
+    pub snapshotter: Snapshotter,
+}
 
 /// The CRI's containerd namespace.
 pub const K8S_NS: &str = "k8s.io";
@@ -137,6 +148,8 @@ pub struct CriEnv {
     pub runtime: RuntimeServiceClient<Channel>,
     pub images: ImageServiceClient<Channel>,
     containerd: Option<Child>,
+    /// The registry and the snapshotter, when started with [`Self::start_lazy`].
+    pub lazy: Option<LazyPull>,
     /// Pod ids (and their netns paths once known) seen by this fixture, for cleanup.
     pods: Mutex<Vec<(String, Option<PathBuf>)>>,
     tmp: Option<tempfile::TempDir>,
@@ -147,6 +160,16 @@ impl CriEnv {
     /// and the `lazyvm` and `runc` handlers, the images; waits until the CRI reports the
     /// runtime and the network ready and knows both images.
     pub async fn start() -> CriEnv {
+        CriEnv::start_with(None).await
+    }
+
+    /// [`Self::start`] with a registry (127.0.0.1:5000 in the env's netns) and
+    /// lazyvm-snapshotter as the CRI's snapshotter, `credentials` in its config if given.
+    pub async fn start_lazy(credentials: Option<(&str, &str)>) -> CriEnv {
+        CriEnv::start_with(Some(credentials)).await
+    }
+
+    async fn start_with(lazy: Option<Option<(&str, &str)>>) -> CriEnv {
         assert!(
             rustix::process::geteuid().is_root(),
             "the CRI tests need root (network namespaces, containerd)"
@@ -177,6 +200,7 @@ impl CriEnv {
                 tonic::transport::Endpoint::from_static("http://[::]").connect_lazy(),
             ),
             containerd: None,
+            lazy: None,
             pods: Mutex::new(Vec::new()),
             tmp: Some(tmp),
         };
@@ -184,6 +208,12 @@ impl CriEnv {
         run(Command::new("ip").args(["netns", "add", &netns]));
         run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]));
         env.write_cni_config();
+        if let Some(credentials) = lazy {
+            env.lazy = Some(LazyPull {
+                registry: Registry::start(&netns, &dir.join("registry")),
+                snapshotter: Snapshotter::start(&dir.join("snapshotter"), credentials),
+            });
+        }
         env.spawn_containerd();
         let channel = env.wait_for_containerd().await;
         env.runtime = RuntimeServiceClient::new(channel.clone());
@@ -251,8 +281,41 @@ impl CriEnv {
         } else {
             "info"
         };
+        // The lazy-pull setup: our snapshotter for every image (the pause image too), with
+        // the layer labels it needs, and the registry's hosts.toml.
+        let (snapshotter_keys, registry_table, proxy) = match &self.lazy {
+            Some(l) => {
+                let certs = d.join("certs.d");
+                let host_dir = certs.join(REGISTRY);
+                std::fs::create_dir_all(&host_dir).unwrap();
+                std::fs::write(
+                    host_dir.join("hosts.toml"),
+                    format!("server = \"http://{REGISTRY}\"\n[host.\"http://{REGISTRY}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+                )
+                .unwrap();
+                (
+                    format!("  snapshotter = \"{SNAPSHOTTER}\"\n  disable_snapshot_annotations = false\n"),
+                    format!("[{images}.registry]\n  config_path = \"{}\"\n", certs.display()),
+                    format!(
+                        "[proxy_plugins.{SNAPSHOTTER}]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+                        l.snapshotter.socket.display()
+                    ),
+                )
+            }
+            None => Default::default(),
+        };
+        // Version 2 has the snapshotter in the CRI's `containerd` table, version 3 in the
+        // images plugin.
+        let (images_keys, containerd_keys) = if version >= 3 {
+            (snapshotter_keys, String::new())
+        } else {
+            (String::new(), snapshotter_keys)
+        };
         let tables = [
-            (images, format!("  {pause_key} = \"{PAUSE_IMAGE}\"\n")),
+            (
+                images,
+                format!("  {pause_key} = \"{PAUSE_IMAGE}\"\n{images_keys}"),
+            ),
             (
                 server,
                 "  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n".into(),
@@ -269,7 +332,7 @@ impl CriEnv {
     max_conf_num = 1
   [{runtime}.containerd]
     default_runtime_name = "runc"
-    [{runtime}.containerd.runtimes.lazyvm]
+{containerd_keys}    [{runtime}.containerd.runtimes.lazyvm]
       runtime_type = "io.containerd.lazyvm.v2"
       pod_annotations = ["io.lazyvm.*"]
     [{runtime}.containerd.runtimes.runc]
@@ -292,6 +355,8 @@ impl CriEnv {
             }
             body += &keys;
         }
+        body += &registry_table;
+        body += &proxy;
         format!(
             r#"version = {version}
 root = "{root}"
@@ -393,6 +458,10 @@ state = "{state}"
     }
 
     fn import_images(&self) {
+        let snapshotter = match self.lazy {
+            Some(_) => format!("--snapshotter={SNAPSHOTTER}"),
+            None => "--snapshotter=overlayfs".to_string(),
+        };
         let img = self.dir.join("images");
         let rootfs = app_rootfs(&img);
         for (name, cmd, file) in [
@@ -401,7 +470,7 @@ state = "{state}"
         ] {
             let archive = img.join(file);
             oci_image_archive_cmd(&rootfs, name, cmd, &archive);
-            let out = self.ctr(&["images", "import", archive.to_str().unwrap()]);
+            let out = self.ctr(&["images", "import", &snapshotter, archive.to_str().unwrap()]);
             assert!(
                 out.status.success(),
                 "ctr images import {name}: {}{}",
@@ -657,6 +726,58 @@ state = "{state}"
         .await?
         .into_inner()
         .container_id)
+    }
+
+    /// PullImage `image` through the CRI: its image id.
+    pub async fn pull_image(&self, image: &str) -> Result<String, tonic::Status> {
+        let mut images = self.images.clone();
+        Ok(within(
+            "PullImage",
+            CALL_SECS,
+            images.pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        )
+        .await?
+        .into_inner()
+        .image_ref)
+    }
+
+    /// RemoveImage `image` through the CRI; panics on failure.
+    pub async fn remove_image(&self, image: &str) {
+        let mut images = self.images.clone();
+        within(
+            "RemoveImage",
+            CALL_SECS,
+            images.remove_image(RemoveImageRequest {
+                image: Some(ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+            }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("RemoveImage {image}: {e}"));
+    }
+
+    /// Waits until container `cid` has exited; its status then.
+    pub async fn wait_exited(&self, cid: &str, secs: u64) -> ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let st = self.container_status(cid).await;
+            if st.state == ContainerState::ContainerExited as i32 {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{cid} did not exit within {secs} s: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// CreateContainer `name` running `command` in `pod`; panics on failure.
@@ -1028,6 +1149,8 @@ impl Drop for CriEnv {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The snapshotter and the registry, once containerd no longer calls them.
+        drop(self.lazy.take());
         // Pod netns containerd did not get to remove.
         for (_, ns) in &pods {
             if let Some(ns) = ns {

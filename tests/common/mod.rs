@@ -2,6 +2,8 @@
 //! paths of the real components, and a log capture (to prove secrets never reach a log).
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 
 /// The directory holding the shim binary under test (containerd finds it on its PATH):

@@ -2,9 +2,12 @@
 //!
 //! - `lazyvm run --rootfs DIR [--tty] -- CMD ARGS...` runs CMD as a container in a fresh
 //!   micro-VM, relays its stdio, and exits with its status;
-//! - `lazyvm check` tells what this host has and lacks for lazyvm.
+//! - `lazyvm check` tells what this host has and lacks for lazyvm;
+//! - `lazyvm image convert --from … --to …` makes a nydus (or OCI) image of a rootfs or
+//!   an OCI archive and pushes it to a registry.
 
 mod check;
+mod image;
 mod run;
 
 use std::path::PathBuf;
@@ -35,6 +38,8 @@ enum Command {
     Run(run::RunArgs),
     /// Check what this host has and lacks for lazyvm.
     Check,
+    /// Build and push images (nydus for lazy pulling, or plain OCI).
+    Image(image::ImageArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +68,17 @@ fn main() -> ExitCode {
             let code = runtime.block_on(run::run(config, args));
             // stdin may still be read by a blocking thread: don't wait for it.
             runtime.shutdown_background();
+            ExitCode::from(code)
+        }
+        Command::Image(args) => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("lazyvm: starting the async runtime: {e}");
+                    return ExitCode::from(125);
+                }
+            };
+            let code = runtime.block_on(image::image(&config, args));
             ExitCode::from(code)
         }
     }
