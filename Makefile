@@ -6,7 +6,7 @@ SHARE ?= $(PREFIX)/share/lazyvm
 ETC ?= /etc/lazyvm
 SYSTEMD ?= /etc/systemd/system
 
-.PHONY: all deps build guest install test test-compat unit-test demo bench fuzz lint clean
+.PHONY: all deps build guest install test test-compat unit-test demo bench bench-pull soak fuzz lint clean
 
 all: build
 
@@ -74,6 +74,20 @@ demo: deps guest
 ## output line, lazyvm vs runc).
 bench: deps guest
 	$(CARGO) bench --bench boot --bench ctr --bench pod
+
+## The lazy-pull benchmark: a pod's cold start from a registry shaped to 80 Mbit/s, lazyvm
+## with a nydus image against lazyvm and runc with the full OCI image, at 100, 300 and
+## 600 MiB (about 30 minutes); writes target/bench-pull.svg.
+bench-pull: deps guest
+	$(CARGO) build --release --bins
+	$(CARGO) bench --bench pull
+
+## Endurance (not in CI, which runs tests/soak.rs's 20 cycles): SOAK_CYCLES (default 200)
+## container cycles in one long-lived lazyvm pod and whole lazyvm pod cycles through the
+## CRI, and `ctr run --rm` cycles; prints containerd's and the shim side's fds, threads
+## and RSS every 50 cycles and fails if they grow beyond their bounds or anything is left.
+soak: deps guest
+	$(CARGO) bench --bench soak
 
 ## Fuzzing (nightly toolchain and cargo-fuzz): every target in fuzz/ for FUZZ_SECONDS
 ## seconds each, one after the other; crashes land in fuzz/artifacts/<target>/.

@@ -10,7 +10,6 @@ mod common;
 mod cri;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use base64::Engine;
 use k8s_cri::v1::{ImageSpec, NamespaceMode};
@@ -27,116 +26,8 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// `lazyvm image convert` inside the env's netns (the registry is on its loopback).
-fn convert(env: &CriEnv, from: &str, to: &str, format: &str) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", env.netns))
-        .arg(env!("CARGO_BIN_EXE_lazyvm"))
-        .args([
-            "image",
-            "convert",
-            "--from",
-            from,
-            "--to",
-            to,
-            "--plain-http",
-        ])
-        .args(["--format", format])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lazyvm image convert --from {from} --to {to}: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 fn registry(env: &CriEnv) -> &common::registry::Registry {
     &env.lazy.as_ref().unwrap().registry
-}
-
-/// The image manifest of `repo:tag` in the test registry.
-fn manifest(env: &CriEnv, repo: &str, tag: &str) -> serde_json::Value {
-    let out = registry(env).curl(&[
-        "-sf",
-        "-H",
-        "Accept: application/vnd.oci.image.manifest.v1+json",
-        &format!("http://{REGISTRY}/v2/{repo}/manifests/{tag}"),
-    ]);
-    assert!(out.status.success(), "GET manifest {repo}:{tag}");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn blob(env: &CriEnv, repo: &str, digest: &str) -> Vec<u8> {
-    let out = registry(env).curl(&[
-        "-sf",
-        &format!("http://{REGISTRY}/v2/{repo}/blobs/{digest}"),
-    ]);
-    assert!(out.status.success(), "GET blob {digest}");
-    out.stdout
-}
-
-/// Uploads `data` as a blob of `repo` (monolithic upload); its digest.
-fn push_blob(env: &CriEnv, repo: &str, data: &[u8], dir: &Path) -> String {
-    let digest = format!("sha256:{:x}", sha2::Sha256::digest(data));
-    let file = dir.join(digest.replace(':', "-"));
-    std::fs::write(&file, data).unwrap();
-    let r = registry(env);
-    let out = r.curl(&[
-        "-sf",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-X",
-        "POST",
-        &format!("http://{REGISTRY}/v2/{repo}/blobs/uploads/"),
-    ]);
-    let headers = text(&out.stdout);
-    let location = headers
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("no upload location: {headers}"));
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let url = if location.starts_with("http") {
-        format!("{location}{sep}digest={digest}")
-    } else {
-        format!("http://{REGISTRY}{location}{sep}digest={digest}")
-    };
-    let out = r.curl(&[
-        "-sf",
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &url,
-    ]);
-    assert!(out.status.success(), "PUT blob: {}", text(&out.stderr));
-    digest
-}
-
-fn push_manifest(env: &CriEnv, repo: &str, tag: &str, manifest: &serde_json::Value, dir: &Path) {
-    let file = dir.join(format!("manifest-{tag}.json"));
-    std::fs::write(&file, serde_json::to_vec(manifest).unwrap()).unwrap();
-    let out = registry(env).curl(&[
-        "-sf",
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/vnd.oci.image.manifest.v1+json",
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &format!("http://{REGISTRY}/v2/{repo}/manifests/{tag}"),
-    ]);
-    assert!(out.status.success(), "PUT manifest: {}", text(&out.stderr));
 }
 
 /// A gzip tar of `entries` (path, content).
@@ -158,12 +49,12 @@ fn gzip_tar(entries: &[(&str, &[u8])]) -> (Vec<u8>, Vec<u8>) {
 /// Republishes nydus image `repo:good` as `repo:tag` with its bootstrap layer replaced by
 /// a layer of `entries`.
 fn push_with_bootstrap(env: &CriEnv, repo: &str, tag: &str, entries: &[(&str, &[u8])], dir: &Path) {
-    let mut m = manifest(env, repo, "good");
+    let mut m = registry(env).manifest(repo, "good");
     let config_digest = m["config"]["digest"].as_str().unwrap().to_string();
     let mut config: serde_json::Value =
-        serde_json::from_slice(&blob(env, repo, &config_digest)).unwrap();
+        serde_json::from_slice(&registry(env).blob(repo, &config_digest)).unwrap();
     let (gz, raw) = gzip_tar(entries);
-    let layer = push_blob(env, repo, &gz, dir);
+    let layer = registry(env).push_blob(repo, &gz, dir);
     let last = m["layers"].as_array().unwrap().len() - 1;
     m["layers"][last]["digest"] = layer.clone().into();
     m["layers"][last]["size"] = gz.len().into();
@@ -171,10 +62,10 @@ fn push_with_bootstrap(env: &CriEnv, repo: &str, tag: &str, entries: &[(&str, &[
     let last_diff = diff_ids.len() - 1;
     diff_ids[last_diff] = format!("sha256:{:x}", sha2::Sha256::digest(&raw)).into();
     let config = serde_json::to_vec(&config).unwrap();
-    let config_digest = push_blob(env, repo, &config, dir);
+    let config_digest = registry(env).push_blob(repo, &config, dir);
     m["config"]["digest"] = config_digest.into();
     m["config"]["size"] = config.len().into();
-    push_manifest(env, repo, tag, &m, dir);
+    registry(env).push_manifest(repo, tag, &m, dir);
 }
 
 /// The container config for `image`, running `command`.
@@ -243,9 +134,9 @@ async fn nydus_image_is_pulled_lazily_and_runs() {
     let work = env.dir.join("work");
     let rootfs = image_rootfs(&work, 200);
     let image = format!("{REGISTRY}/lazyvm/big:v1");
-    let summary = convert(&env, &format!("dir:{}", rootfs.display()), &image, "nydus");
+    let summary = registry(&env).convert(&format!("dir:{}", rootfs.display()), &image, "nydus");
     eprintln!("{summary}");
-    let m = manifest(&env, "lazyvm/big", "v1");
+    let m = registry(&env).manifest("lazyvm/big", "v1");
     let layers = m["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 2, "{m}");
     let data_blob = layers[0]["digest"].as_str().unwrap().to_string();
@@ -355,10 +246,10 @@ async fn plain_oci_image_through_the_snapshotter() {
     let before = snapshotter(&env).snapshot_dirs();
     let rootfs = image_rootfs(&env.dir.join("work"), 0);
     let image = format!("{REGISTRY}/lazyvm/plain:v1");
-    convert(&env, &format!("dir:{}", rootfs.display()), &image, "oci");
+    registry(&env).convert(&format!("dir:{}", rootfs.display()), &image, "oci");
     let mark = registry(&env).log_mark();
     env.pull_image(&image).await.unwrap();
-    let m = manifest(&env, "lazyvm/plain", "v1");
+    let m = registry(&env).manifest("lazyvm/plain", "v1");
     let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
     assert!(
         registry(&env)
@@ -389,7 +280,7 @@ async fn broken_nydus_images_and_a_registry_down_fail_cleanly() {
     let rootfs = image_rootfs(&work, 0);
     let repo = "lazyvm/small";
     let good = format!("{REGISTRY}/{repo}:good");
-    convert(&env, &format!("dir:{}", rootfs.display()), &good, "nydus");
+    registry(&env).convert(&format!("dir:{}", rootfs.display()), &good, "nydus");
     push_with_bootstrap(&env, repo, "nobootstrap", &[("image/other", b"x")], &work);
     push_with_bootstrap(
         &env,

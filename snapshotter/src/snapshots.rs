@@ -657,6 +657,47 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_prepare_commit_and_remove_are_safe() {
+        let root = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(open(root.path()));
+        s.prepare("base-k", "", HashMap::new(), false).unwrap();
+        s.commit("base", "base-k", HashMap::new()).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        let key = format!("k{t}-{i}");
+                        let m = s.prepare(&key, "base", HashMap::new(), false).unwrap();
+                        std::fs::write(PathBuf::from(option(&m[0], "upperdir=")).join("f"), "x")
+                            .unwrap();
+                        s.commit(&format!("c{t}-{i}"), &key, HashMap::new())
+                            .unwrap();
+                        // The same target from two threads: exactly one wins.
+                        let _ = s.prepare("shared", "base", HashMap::new(), false);
+                        if i % 2 == 0 {
+                            s.remove(&format!("c{t}-{i}")).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let all = s.list(&[]).unwrap();
+        // base, shared, and the 80 odd commits.
+        assert_eq!(all.len(), 82);
+        let ids: HashSet<u64> = all.iter().map(|x| x.record.id).collect();
+        assert_eq!(ids.len(), all.len(), "ids are unique");
+        assert_eq!(s.cleanup().unwrap(), 0, "no stray directories");
+        let dirs = std::fs::read_dir(root.path().join("snapshots"))
+            .unwrap()
+            .count();
+        assert_eq!(dirs, all.len());
+    }
+
+    #[test]
     fn cleanup_removes_orphans_only() {
         let root = tempfile::tempdir().unwrap();
         let s = open(root.path());

@@ -334,6 +334,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         }
     }
 
+    /// containerd's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `ctr` against this containerd, in namespace `lazyvm-test`.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
         // Bounded: a hung call fails the test instead of hanging it.

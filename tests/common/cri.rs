@@ -37,6 +37,15 @@ use crate::common::{busybox_rootfs, oci_image_archive_cmd, processes_mentioning,
 /// The proxy snapshotter's name in containerd's configuration.
 pub const SNAPSHOTTER: &str = "lazyvm";
 
+/// How [`CriEnv::start_lazy_with`] sets up the lazy-pull parts.
+#[derive(Default)]
+pub struct LazyOptions<'a> {
+    /// Registry credentials in the snapshotter's config (the registry checks none).
+    pub credentials: Option<(&'a str, &'a str)>,
+    /// The registry's storage, to serve images pushed by an earlier env.
+    pub registry_storage: Option<&'a Path>,
+}
+
 /// A [`CriEnv`]'s lazy-pull parts: a registry in its netns and lazyvm-snapshotter as the
 /// CRI's snapshotter (with snapshot annotations on, and the registry as plain HTTP).
 pub struct LazyPull {
@@ -166,10 +175,19 @@ impl CriEnv {
     /// [`Self::start`] with a registry (127.0.0.1:5000 in the env's netns) and
     /// lazyvm-snapshotter as the CRI's snapshotter, `credentials` in its config if given.
     pub async fn start_lazy(credentials: Option<(&str, &str)>) -> CriEnv {
-        CriEnv::start_with(Some(credentials)).await
+        CriEnv::start_with(Some(LazyOptions {
+            credentials,
+            ..Default::default()
+        }))
+        .await
     }
 
-    async fn start_with(lazy: Option<Option<(&str, &str)>>) -> CriEnv {
+    /// [`Self::start_lazy`] with every option.
+    pub async fn start_lazy_with(options: LazyOptions<'_>) -> CriEnv {
+        CriEnv::start_with(Some(options)).await
+    }
+
+    async fn start_with(lazy: Option<LazyOptions<'_>>) -> CriEnv {
         assert!(
             rustix::process::geteuid().is_root(),
             "the CRI tests need root (network namespaces, containerd)"
@@ -208,10 +226,10 @@ impl CriEnv {
         run(Command::new("ip").args(["netns", "add", &netns]));
         run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]));
         env.write_cni_config();
-        if let Some(credentials) = lazy {
+        if let Some(options) = lazy {
             env.lazy = Some(LazyPull {
-                registry: Registry::start(&netns, &dir.join("registry")),
-                snapshotter: Snapshotter::start(&dir.join("snapshotter"), credentials),
+                registry: Registry::start(&netns, &dir.join("registry"), options.registry_storage),
+                snapshotter: Snapshotter::start(&dir.join("snapshotter"), options.credentials),
             });
         }
         env.spawn_containerd();
@@ -408,6 +426,11 @@ state = "{state}"
             .spawn()
             .expect("starting containerd in the test netns (make deps installs it)");
         self.containerd = Some(child);
+    }
+
+    /// containerd's pid (nsenter execs it), while it runs.
+    pub fn containerd_pid(&self) -> Option<u32> {
+        self.containerd.as_ref().map(|c| c.id())
     }
 
     /// containerd's log (the shims' logs land there too).

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 /// The registry's address inside the test netns.
 pub const REGISTRY: &str = "127.0.0.1:5000";
 
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 fn stop(child: &mut Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -39,16 +43,20 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Starts `docker-registry` in netns `netns` with its storage under `dir`; returns
-    /// once it answers `GET /v2/`.
-    pub fn start(netns: &str, dir: &Path) -> Registry {
+    /// Starts `docker-registry` in netns `netns` with its config and logs under `dir`
+    /// and its storage in `storage` (default `dir/storage`: another registry's storage
+    /// serves the images pushed there); returns once it answers `GET /v2/`.
+    pub fn start(netns: &str, dir: &Path, storage: Option<&Path>) -> Registry {
         std::fs::create_dir_all(dir).unwrap();
+        let storage = storage
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.join("storage"));
         let config = dir.join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {REGISTRY}\n",
-                dir.join("storage").display()
+                storage.display()
             ),
         )
         .unwrap();
@@ -94,6 +102,162 @@ impl Registry {
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// `lazyvm image convert --from FROM --to TO --plain-http --format FORMAT` inside the
+    /// registry's netns; its stdout (the summary line).
+    pub fn convert(&self, from: &str, to: &str, format: &str) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.netns))
+            .arg(crate::common::shim_dir().join("lazyvm"))
+            .args([
+                "image",
+                "convert",
+                "--from",
+                from,
+                "--to",
+                to,
+                "--plain-http",
+            ])
+            .args(["--format", format])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lazyvm image convert --from {from} --to {to}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// The image manifest of `repo:tag`.
+    pub fn manifest(&self, repo: &str, tag: &str) -> serde_json::Value {
+        let out = self.curl(&[
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &format!("http://{REGISTRY}/v2/{repo}/manifests/{tag}"),
+        ]);
+        assert!(out.status.success(), "GET manifest {repo}:{tag}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Blob `digest` of `repo`.
+    pub fn blob(&self, repo: &str, digest: &str) -> Vec<u8> {
+        let out = self.curl(&[
+            "-sf",
+            &format!("http://{REGISTRY}/v2/{repo}/blobs/{digest}"),
+        ]);
+        assert!(out.status.success(), "GET blob {digest}");
+        out.stdout
+    }
+
+    /// Uploads `data` as a blob of `repo` (monolithic upload, through a file in `dir`);
+    /// its digest.
+    pub fn push_blob(&self, repo: &str, data: &[u8], dir: &Path) -> String {
+        use sha2::Digest;
+        let digest = format!("sha256:{:x}", sha2::Sha256::digest(data));
+        let file = dir.join(digest.replace(':', "-"));
+        std::fs::write(&file, data).unwrap();
+        let out = self.curl(&[
+            "-sf",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            &format!("http://{REGISTRY}/v2/{repo}/blobs/uploads/"),
+        ]);
+        let headers = text(&out.stdout);
+        let location = headers
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no upload location: {headers}"));
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let url = if location.starts_with("http") {
+            format!("{location}{sep}digest={digest}")
+        } else {
+            format!("http://{REGISTRY}{location}{sep}digest={digest}")
+        };
+        let out = self.curl(&[
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &url,
+        ]);
+        assert!(out.status.success(), "PUT blob: {}", text(&out.stderr));
+        digest
+    }
+
+    /// Puts `manifest` as `repo:tag` (through a file in `dir`).
+    pub fn push_manifest(&self, repo: &str, tag: &str, manifest: &serde_json::Value, dir: &Path) {
+        let file = dir.join(format!("manifest-{tag}.json"));
+        std::fs::write(&file, serde_json::to_vec(manifest).unwrap()).unwrap();
+        let out = self.curl(&[
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("http://{REGISTRY}/v2/{repo}/manifests/{tag}"),
+        ]);
+        assert!(out.status.success(), "PUT manifest: {}", text(&out.stderr));
+    }
+
+    /// The bytes of `GET`s of blob `digest` in `requests`, and how many were ranged (206).
+    pub fn blob_reads(requests: &[Request], digest: &str) -> (u64, usize) {
+        let reads: Vec<&Request> = requests
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(digest))
+            .collect();
+        (
+            reads.iter().map(|r| r.bytes).sum(),
+            reads.iter().filter(|r| r.status == 206).count(),
+        )
+    }
+
+    /// Shapes the registry's responses (source port 5000 on the netns's loopback) to
+    /// `mbit` Mbit/s with htb: a tbf on `lo` collapses to KB/s because of lo's 64 KiB GSO
+    /// packets, and shaping only the registry's port leaves the rest alone.
+    pub fn shape(&self, mbit: u32) {
+        let ns = self.netns.as_str();
+        let rate = format!("{mbit}mbit");
+        for args in [
+            vec![
+                "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "20",
+            ],
+            vec![
+                "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate",
+                &rate, "ceil", &rate, "burst", "1mb", "cburst", "1mb",
+            ],
+            vec![
+                "class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate",
+                "100gbit",
+            ],
+            vec![
+                "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                "match", "ip", "sport", "5000", "0xffff", "flowid", "1:10",
+            ],
+        ] {
+            let out = Command::new("tc")
+                .args(["-n", ns])
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "tc {args:?}: {}", text(&out.stderr));
+        }
     }
 
     /// The registry's own log.
