@@ -75,6 +75,8 @@ struct Sample {
     time: Duration,
     /// Bytes the registry served for the leg.
     fetched: u64,
+    /// Bytes of the nydus data blob the registry served (ranged reads).
+    blob_read: u64,
     /// nydusd's backend read bytes (lazyvm + nydus legs).
     nydusd_read: Option<u64>,
     /// The VM's boot to agent-ready (lazyvm legs).
@@ -193,6 +195,7 @@ async fn sample(storage: &Path, image: &Image, leg: Leg, mbit: u32, n: usize) ->
         .filter(|r| r.method == "GET" && r.path.contains("/blobs/"))
         .map(|r| r.bytes)
         .sum();
+    let (blob_read, _) = Registry::blob_reads(&requests, &image.blob);
     let nydusd_read = if matches!(leg, Leg::Lazy | Leg::LazyTenth) {
         let api = lazyvm::sandbox::sandbox_dir(Path::new(lazyvm::sandbox::RUN_DIR), &pod.id)
             .join("nydusd-api.sock");
@@ -214,6 +217,7 @@ async fn sample(storage: &Path, image: &Image, leg: Leg, mbit: u32, n: usize) ->
     Sample {
         time,
         fetched,
+        blob_read,
         nydusd_read,
         vm_boot,
     }
@@ -246,13 +250,13 @@ fn chart(
         .x_desc("image data (MiB)")
         .y_desc("seconds")
         .draw()?;
-    let legs = [
+    const LEGS: [(&str, RGBColor); 4] = [
         ("(a) lazyvm + nydus", RGBColor(0, 120, 60)),
         ("(b) lazyvm + OCI (full pull)", RGBColor(200, 60, 0)),
         ("(c) runc + OCI (full pull)", RGBColor(60, 60, 200)),
         ("physical limit of (a)", RGBColor(120, 120, 120)),
     ];
-    for (i, (name, color)) in legs.iter().enumerate() {
+    for (i, (name, color)) in LEGS.iter().enumerate() {
         let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.0 as f64, r.1[i])).collect();
         c.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
             .label(*name)
@@ -339,7 +343,8 @@ async fn main() {
                 .filter_map(|s| s.vm_boot.map(|d| d.as_secs_f64()))
                 .collect::<Vec<_>>(),
         );
-        let limit = boot + f(0) as f64 / rate;
+        let blob_read = median(&samples[0].iter().map(|s| s.blob_read).collect::<Vec<_>>());
+        let limit = boot + blob_read as f64 / rate;
         let nydusd = median(
             &samples[0]
                 .iter()
@@ -347,7 +352,7 @@ async fn main() {
                 .collect::<Vec<_>>(),
         );
         table += &format!(
-            "| {} MiB (blob {:.0} MiB, OCI layer {:.0} MiB) | {a:.2} s | {b:.2} s | {c:.2} s | {:.1}× | {:.1}× | {:.1} / {:.1} / {:.1} MiB ({:.2}% of the blob; nydusd {:.1} MiB) | {limit:.2} s (+{:.2} s) | {a10:.2} s, {:.1} MiB |\n",
+            "| {} MiB (blob {:.0} MiB, OCI layer {:.0} MiB) | {a:.2} s | {b:.2} s | {c:.2} s | {:.1}× | {:.1}× | {:.1} / {:.1} / {:.1} MiB (blob {:.2}%; nydusd read {:.1} MiB) | {limit:.2} s (+{:.2} s) | {a10:.2} s, {:.1} MiB |\n",
             image.mib,
             image.blob_bytes as f64 / MIB,
             image.oci_bytes as f64 / MIB,
@@ -356,7 +361,7 @@ async fn main() {
             f(0) as f64 / MIB,
             f(1) as f64 / MIB,
             f(2) as f64 / MIB,
-            f(0) as f64 * 100.0 / image.blob_bytes as f64,
+            blob_read as f64 * 100.0 / image.blob_bytes as f64,
             nydusd as f64 / MIB,
             a - limit,
             f(3) as f64 / MIB,
