@@ -129,7 +129,7 @@ impl fmt::Display for Status {
 }
 
 /// The error and its causes, `: `-joined, each once.
-fn chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -181,7 +181,7 @@ fn map_err(registry: &str, what: &str, plain_http: bool, e: OciDistributionError
                     message: String::new(),
                 };
             }
-            let mut why = chain(&r);
+            let mut why = error_chain(&r);
             if r.is_connect() || r.is_timeout() {
                 let lower = why.to_lowercase();
                 if !plain_http && (lower.contains("ssl") || lower.contains("tls")) {
@@ -199,7 +199,7 @@ fn map_err(registry: &str, what: &str, plain_http: bool, e: OciDistributionError
         other => PushError::Failed {
             registry,
             what,
-            why: chain(&other),
+            why: error_chain(&other),
         },
     }
 }
@@ -231,7 +231,7 @@ impl Pusher {
         let client = Client::try_from(config).map_err(|e| PushError::Failed {
             registry: registry.clone(),
             what: "making the HTTP client".into(),
-            why: chain(&e),
+            why: error_chain(&e),
         })?;
         let reference = Reference::with_tag(
             registry.clone(),

@@ -1163,14 +1163,7 @@ impl Drop for CriEnv {
             }
         }
         if let Some(mut child) = self.containerd.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::common::registry::stop(&mut child);
         }
         // The snapshotter and the registry, once containerd no longer calls them.
         drop(self.lazy.take());

@@ -72,21 +72,6 @@ pub async fn image(config: &Config, args: ImageArgs) -> u8 {
     }
 }
 
-/// The error and its causes, each once.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 fn read_password() -> Result<String, String> {
     let mut line = String::new();
     std::io::stdin()
@@ -169,7 +154,7 @@ async fn convert(config: &Config, args: ConvertArgs) -> u8 {
                 "lazyvm: image convert --from {} --to {}: {}",
                 req.source,
                 req.target,
-                chain(&e)
+                lazyvm::image::push::error_chain(&e)
             );
             FAILED
         }
