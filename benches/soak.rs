@@ -48,18 +48,22 @@ fn main() {
     let mut reports = rt.block_on(async {
         let env = cri::CriEnv::start().await;
         let in_pod = soak::containers_in_one_pod(&env, cycles, every).await;
-        in_pod.print();
+        in_pod.print_growth();
         let pods = soak::whole_pods(&env, cycles, every).await;
-        pods.print();
+        pods.print_growth();
         vec![in_pod, pods]
     });
     // The CRI env is gone (dropped inside): the ctr cycles have the machine to themselves.
     let env = soak::CtrEnv::start();
     let ctr = soak::ctr_runs(&env, cycles, every);
-    ctr.print();
+    ctr.print_growth();
     drop(env);
     reports.push(ctr);
 
+    // Every table once more, together.
+    for r in &reports {
+        r.print();
+    }
     println!(
         "\n== soak: {cycles} cycles of each kind in {:.0} s ==",
         t0.elapsed().as_secs_f64()

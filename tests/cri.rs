@@ -863,3 +863,56 @@ fn lazyvm_dirs() -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// QEMU killed under a pod with one running container and one created but never
+/// started: the running one is reported exited with 255 within seconds, the pod is not
+/// ready, the created one (the CRI makes its task only at StartContainer) cannot be
+/// started, and stopping and removing everything leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazyvm_a_dead_vm_ends_the_pod() {
+    need_guest();
+    within("test", TEST_SECS, async {
+        let env = CriEnv::start().await;
+        let pod = env.run_pod("dead-vm", LAZYVM).await;
+        check_new_pod(&env, &pod).await;
+        let netns = env.pod_netns(&pod).await;
+        let running = env
+            .create_container(&pod, "running", &["sleep", "1000"])
+            .await;
+        env.start_container(&running).await;
+        let created = env
+            .create_container(&pod, "created", &["sleep", "1000"])
+            .await;
+        let qemu = pod.qemu_pids();
+        assert_eq!(qemu.len(), 1, "{qemu:?}");
+        let t = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(qemu[0] as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill -9 of the pod's QEMU");
+        let st = env.wait_exited(&running, 20).await;
+        eprintln!("exited {:?} after the kill", t.elapsed());
+        assert_eq!(st.exit_code, 255, "{st:?}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = env.pod_status(&pod).await.status.unwrap();
+            if st.state == PodSandboxState::SandboxNotready as i32 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the pod is still ready: {st:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut runtime = env.runtime.clone();
+        let refused = runtime
+            .start_container(k8s_cri::v1::StartContainerRequest {
+                container_id: created.clone(),
+            })
+            .await;
+        assert!(refused.is_err(), "a container started in a dead pod");
+        env.remove_container(&created).await;
+        stop_and_remove(&env, &pod, &[&running]).await;
+        assert_pod_gone(&env, &pod, netns.as_deref(), 0).await;
+    })
+    .await;
+}

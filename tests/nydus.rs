@@ -286,3 +286,52 @@ async fn a_large_image_is_read_lazily() {
     pod.wait(&cid).await;
     pod.delete(&cid).await;
 }
+
+/// QEMU killed under a pod with a running task and a task created but never started:
+/// both exit with 255 (Wait returns, Get says STOPPED), as runc's shim reports a killed
+/// created container; both delete, and nothing of the pod is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_vm_ends_created_tasks_too() {
+    let pod = Pod::new("dv").await;
+    let image = RafsImage::build(
+        &busybox_rootfs(pod.tmp.path()),
+        &pod.tmp.path().join("image"),
+    );
+    let running = pod.id.clone();
+    let mount = nydus_mount(&image, &snapshotdir(pod.tmp.path(), "running"));
+    pod.create(&running, &["sleep", "1000"], vec![mount], &[])
+        .await
+        .unwrap();
+    pod.start(&running).await;
+    let created = pod.cid("created");
+    let mount = nydus_mount(&image, &snapshotdir(pod.tmp.path(), "created"));
+    pod.create(&created, &["sleep", "1000"], vec![mount], &[])
+        .await
+        .unwrap();
+    let dir = pod.sandbox_dir();
+    let qemu: Vec<u32> = processes_mentioning(&dir)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.starts_with("qemu-system"))
+        })
+        .collect();
+    assert_eq!(qemu.len(), 1, "the pod's QEMU: {qemu:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 of the pod's QEMU");
+    assert_eq!(pod.wait(&running).await, 255);
+    assert_eq!(pod.wait(&created).await, 255);
+    const STOPPED: i32 = 3;
+    assert_eq!(pod.status(&created).await, STOPPED);
+    pod.delete(&created).await;
+    pod.delete(&running).await;
+    assert!(
+        processes_mentioning(&dir).is_empty(),
+        "processes of the pod left: {:?}",
+        processes_mentioning(&dir)
+    );
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}

@@ -236,6 +236,16 @@ pub fn umount(target: &Path) -> Result<(), MountError> {
     }
 }
 
+/// Lets the guest kernel forget the dentries and inodes nothing uses any more (of all
+/// filesystems: `vm.drop_caches = 2`). The virtio-fs daemon on the host holds an open
+/// handle for every inode the guest has looked up until the guest forgets it, and a
+/// guest with memory to spare never does by itself: without this, each removed
+/// container's files stay open on the host (measured: 15 fds and 1.5 MiB of nydusd per
+/// container). Files in use, page cache and tmpfs are untouched. Blocking.
+pub fn forget_unused_inodes() -> std::io::Result<()> {
+    std::fs::write("/proc/sys/vm/drop_caches", b"2\n")
+}
+
 /// Mounts a pseudo filesystem, tolerating "already mounted" (EBUSY).
 pub fn mount_pseudo(
     fstype: &str,

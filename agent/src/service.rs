@@ -473,6 +473,12 @@ impl AgentService {
         // Never crosses a mount: should one survive, the container stays for a retry.
         remove::remove_tree(&c.bundle)?;
         self.lock_containers().remove(cid);
+        // The container's files are unused now: let the host's virtio-fs daemon close them.
+        match tokio::task::spawn_blocking(mount::forget_unused_inodes).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("container {cid}: dropping unused inodes: {e}"),
+            Err(e) => log::warn!("container {cid}: dropping unused inodes: {e}"),
+        }
         log::info!("container {cid} removed");
         Ok(())
     }

@@ -165,10 +165,49 @@ impl TaskService {
             .pod_failure
             .send_replace(Some(reason.to_string()));
         self.set_agent(None);
-        let sandbox = self.inner.pod.lock().await.take();
-        if let Some(sandbox) = sandbox {
+        // Held until the sandbox is down: a Shutdown that comes meanwhile (the last
+        // Delete) waits for the teardown instead of ending the shim in its middle.
+        let mut pod = self.inner.pod.lock().await;
+        // Processes that were created but never started end too (the started ones end
+        // through their exit watchers); one whose Start is under way ends when it fails.
+        {
+            let mut state = self.inner.state.lock().await;
+            for (cid, c) in state.containers.iter_mut() {
+                let procs = std::iter::once((String::new(), &mut c.init))
+                    .chain(c.execs.iter_mut().map(|(id, p)| (id.clone(), p)));
+                for (exec_id, p) in procs {
+                    if p.status == TaskStatus::CREATED && !p.starting {
+                        self.lose(cid, &exec_id, p);
+                    }
+                }
+            }
+        }
+        if let Some(sandbox) = pod.take() {
             sandbox.stop().await;
         }
+    }
+
+    /// Process `exec_id` of `cid` will never run (its pod failed): it is stopped with
+    /// [`LOST_STATUS`] and its TaskExit is published, as when runc's shim kills a created
+    /// container's init.
+    fn lose(&self, cid: &str, exec_id: &str, p: &mut Proc) {
+        let exit = Exit {
+            status: LOST_STATUS,
+            at: None,
+        };
+        p.status = TaskStatus::STOPPED;
+        p.exit_tx.send_replace(Some(exit));
+        self.inner.events.send(
+            TASK_EXIT_EVENT_TOPIC,
+            TaskExit {
+                container_id: cid.to_string(),
+                id: if exec_id.is_empty() { cid } else { exec_id }.to_string(),
+                pid: p.pid,
+                exit_status: exit.status,
+                exited_at: MessageField::some(exit.timestamp()),
+                ..Default::default()
+            },
+        );
     }
 
     fn watch_oom(&self, agent: AgentClient) {
@@ -427,6 +466,9 @@ impl Task for TaskService {
         let mut state = self.inner.state.lock().await;
         let p = state.container_mut(&req.id)?.process_mut(&req.exec_id)?;
         p.starting = false;
+        if started.is_err() && self.inner.pod_failure.borrow().is_some() {
+            self.lose(&req.id, &req.exec_id, p);
+        }
         let (exec_pid, relays) = started?;
         p.status = TaskStatus::RUNNING;
         if req.exec_id.is_empty() {
