@@ -39,20 +39,6 @@ fn mounted_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Polls `check` every 200 ms until it holds or `secs` pass.
-async fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// What must hold once a pod is removed: its netns, processes (shim, and for lazyvm QEMU,
 /// nydusd, vhost-device-vsock), sandbox directory and mounts are gone, and only the veths
 /// of the `others` pods still running are left on the bridge.

@@ -191,18 +191,26 @@ impl TaskService {
     /// [`LOST_STATUS`] and its TaskExit is published, as when runc's shim kills a created
     /// container's init.
     fn lose(&self, cid: &str, exec_id: &str, p: &mut Proc) {
-        let exit = Exit {
+        let lost = Exit {
             status: LOST_STATUS,
             at: None,
         };
-        p.status = TaskStatus::STOPPED;
-        p.exit_tx.send_replace(Some(exit));
+        self.exited(cid, exec_id, p.pid, lost, Some(p));
+    }
+
+    /// Records process `exec_id` of `cid` (`pid`) as stopped with `exit`, if it is still
+    /// in the table as `p`, and publishes its TaskExit.
+    fn exited(&self, cid: &str, exec_id: &str, pid: u32, exit: Exit, p: Option<&mut Proc>) {
+        if let Some(p) = p {
+            p.status = TaskStatus::STOPPED;
+            p.exit_tx.send_replace(Some(exit));
+        }
         self.inner.events.send(
             TASK_EXIT_EVENT_TOPIC,
             TaskExit {
                 container_id: cid.to_string(),
                 id: if exec_id.is_empty() { cid } else { exec_id }.to_string(),
-                pid: p.pid,
+                pid,
                 exit_status: exit.status,
                 exited_at: MessageField::some(exit.timestamp()),
                 ..Default::default()
@@ -260,25 +268,11 @@ impl TaskService {
                 let _ = tokio::time::timeout(OUTPUT_DRAIN, relays.wait_outputs()).await;
             }
             let mut state = svc.inner.state.lock().await;
-            if let Some(p) = state
+            let p = state
                 .containers
                 .get_mut(&cid)
-                .and_then(|c| c.process_mut(&exec_id).ok())
-            {
-                p.status = TaskStatus::STOPPED;
-                p.exit_tx.send_replace(Some(exit));
-            }
-            svc.inner.events.send(
-                TASK_EXIT_EVENT_TOPIC,
-                TaskExit {
-                    container_id: cid.clone(),
-                    id: if exec_id.is_empty() { cid } else { exec_id },
-                    pid,
-                    exit_status: exit.status,
-                    exited_at: MessageField::some(exit.timestamp()),
-                    ..Default::default()
-                },
-            );
+                .and_then(|c| c.process_mut(&exec_id).ok());
+            svc.exited(&cid, &exec_id, pid, exit, p);
         });
     }
 }

@@ -85,6 +85,20 @@ pub async fn within<T>(what: &str, secs: u64, fut: impl Future<Output = T>) -> T
     }
 }
 
+/// Polls `check` every 200 ms until it holds or `secs` pass.
+pub async fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

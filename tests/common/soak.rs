@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{busybox_rootfs, oci_image_archive, processes_mentioning, test_prefix};
 use crate::containerd::{Containerd, RUNTIME};
-use crate::cri::{comm, CriEnv, Pod, LAZYVM};
+use crate::cri::{comm, eventually, CriEnv, Pod, LAZYVM};
 
 /// Cycles run before the first sample: the first pod and container make containerd (its
 /// Go heap, its CNI and snapshot caches), the shim and the guest reach their working
@@ -455,20 +455,6 @@ fn check_growth(
         problems.extend(over);
     }
     (lines, problems)
-}
-
-/// Polls `check` every 200 ms until it holds or `secs` pass.
-async fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// The sole process in `pids`, named `what` in the panic otherwise.
