@@ -12,7 +12,7 @@ mod common;
 #[path = "common/cri.rs"]
 mod cri;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{Capability, ContainerState, NamespaceMode, PodSandboxState};
@@ -899,6 +899,59 @@ async fn lazyvm_a_dead_vm_ends_the_pod() {
         env.remove_container(&created).await;
         stop_and_remove(&env, &pod, &[&running]).await;
         assert_pod_gone(&env, &pod, netns.as_deref(), 0).await;
+    })
+    .await;
+}
+
+/// containerd stopped (SIGTERM, then in a second round SIGKILL) and started again under
+/// a running lazyvm pod, as the CRI sees it: ListContainers shows the running container
+/// RUNNING and the one that exited while containerd was down EXITED with its status, the
+/// running one's output kept reaching its CRI log, ExecSync works, and stopping and
+/// removing the pod leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazyvm_pods_survive_a_containerd_restart() {
+    use nix::sys::signal::Signal;
+    need_guest();
+    within("test", TEST_SECS, async {
+        let mut env = CriEnv::start().await;
+        for sig in [Signal::SIGTERM, Signal::SIGKILL] {
+            let tag = if sig == Signal::SIGTERM {
+                "term"
+            } else {
+                "kill"
+            };
+            let pod = env.run_pod(&format!("restart-{tag}"), LAZYVM).await;
+            let netns = env.pod_netns(&pod).await;
+            let ticker = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.5; done";
+            let a = env
+                .create_container(&pod, "ticker", &["sh", "-c", ticker])
+                .await;
+            env.start_container(&a).await;
+            let b = env
+                .create_container(&pod, "short", &["sh", "-c", "sleep 2; exit 7"])
+                .await;
+            env.start_container(&b).await;
+            let log = PathBuf::from(env.container_status(&a).await.log_path);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let before = cri_log_lines(&log, "stdout").len();
+            // Down for 6 s: b exits meanwhile, a keeps printing.
+            env.restart_containerd(sig, Duration::from_secs(6)).await;
+            let after = cri_log_lines(&log, "stdout").len();
+            assert!(
+                after >= before + 8,
+                "{sig}: the ticker's output stopped reaching its log: {before} then {after} lines"
+            );
+            let listed = env.list_containers().await;
+            assert!(
+                listed.contains(&(a.clone(), ContainerState::ContainerRunning)),
+                "{sig}: {listed:?}"
+            );
+            let st = env.wait_exited(&b, 20).await;
+            assert_eq!(st.exit_code, 7, "{sig}: {st:?}");
+            assert_eq!(env.exec_ok(&a, &["echo", "exec-ok"]).await, "exec-ok\n");
+            stop_and_remove(&env, &pod, &[&a, &b]).await;
+            assert_pod_gone(&env, &pod, netns.as_deref(), 0).await;
+        }
     })
     .await;
 }

@@ -426,7 +426,12 @@ state = "{state}"
         write_config(&lazyvm_config, &guest);
         let bin = crate::common::containerd_bin();
         let path = bin.search_path(&crate::common::shim_dir());
-        let log = std::fs::File::create(self.log_path()).unwrap();
+        // Appended to: a restarted containerd writes after the first one's lines.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", self.netns))
             .arg(bin.path("containerd"))
@@ -440,6 +445,43 @@ state = "{state}"
             .spawn()
             .expect("starting containerd in the test netns (make deps installs it)");
         self.containerd = Some(child);
+    }
+
+    /// Stops containerd with `sig` (its shims and pods keep running), waits for it to
+    /// exit, leaves it down for `down`, starts it again on the same root, state and
+    /// socket, and waits until its CRI is ready.
+    pub async fn restart_containerd(&mut self, sig: nix::sys::signal::Signal, down: Duration) {
+        let mut child = self.containerd.take().expect("containerd is running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)
+            .expect("signalling containerd");
+        let _ = child.wait();
+        tokio::time::sleep(down).await;
+        self.spawn_containerd();
+        let channel = self.wait_for_containerd().await;
+        self.runtime = RuntimeServiceClient::new(channel.clone());
+        self.images = ImageServiceClient::new(channel);
+        self.wait_for_cri().await;
+    }
+
+    /// ListContainers: every container's id and state.
+    pub async fn list_containers(&self) -> Vec<(String, ContainerState)> {
+        let mut runtime = self.runtime.clone();
+        within(
+            "ListContainers",
+            CALL_SECS,
+            runtime.list_containers(k8s_cri::v1::ListContainersRequest::default()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("ListContainers: {e}"))
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| {
+            let state =
+                ContainerState::try_from(c.state).unwrap_or(ContainerState::ContainerUnknown);
+            (c.id, state)
+        })
+        .collect()
     }
 
     /// containerd's pid (nsenter execs it), while it runs.
