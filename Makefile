@@ -70,7 +70,8 @@ demo: deps guest
 	$(CARGO) run --release --example demo
 
 ## Benchmarks, each against a baseline in the same run: boot (minimal vs Debian guest
-## kernel), ctr (ctr run with lazyvm vs runc) and pod (a CRI pod's start to its first
+## kernel), ctr (ctr run with lazyvm vs runc and vs a bare boot of the same kernel; the
+## teardown time) and pod (a CRI pod's start to its first
 ## output line, lazyvm vs runc).
 bench: deps guest
 	$(CARGO) bench --bench boot --bench ctr --bench pod

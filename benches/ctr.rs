@@ -1,13 +1,22 @@
 //! `ctr run --rm IMG echo hello` end to end through a private containerd: lazyvm against
-//! runc (the baseline), alternated in one run. Prints the medians and the ratio.
+//! runc (the baseline) and against the floor of any VM, a bare boot of the same guest
+//! kernel under the same QEMU flags (machine, accelerator, memory, seccomp, kernel command
+//! line) to a one-line init that reboots (QEMU exits: `-no-reboot`), without the helpers'
+//! devices. Alternated in one run; prints the medians, the ratios (issue 14's P1:
+//! lazyvm ÷ bare) and the shim's teardown time.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/common/containerd.rs"]
 mod containerd;
 
+use std::ffi::OsString;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use lazyvm::config::Config;
+use lazyvm::hypervisor::qemu::VmFiles;
 
 use containerd::{Containerd, RUNTIME};
 
@@ -17,6 +26,88 @@ const IMAGE: &str = "docker.io/library/lazyvm-busybox:bench";
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// The bare VM's QEMU command: lazyvm's own arguments for the minimal kernel, with an
+/// initramfs whose init is busybox's `reboot -f`, and without the vhost-user devices
+/// (their daemons are not there) and QMP.
+fn bare_qemu(dir: &Path) -> Command {
+    let root = dir.join("bare-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static (make deps)");
+    std::os::unix::fs::symlink("busybox", root.join("bin/reboot")).unwrap();
+    let cpio = dir.join("bare.cpio");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc --quiet > {}",
+            root.display(),
+            cpio.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(out.success(), "building the bare initramfs");
+    let guest = common::guest_dir();
+    let config = Config::parse(&format!(
+        "[hypervisor]\naccel = \"tcg\"\nmachine = \"microvm\"\nkernel = {:?}\ninitramfs = {:?}\n",
+        guest.join("vmlinux"),
+        cpio
+    ))
+    .unwrap();
+    let mut q = config.qemu();
+    q.kernel_params
+        .extend(["rdinit=/bin/reboot", "--", "-f"].map(String::from));
+    let files = VmFiles {
+        vhost_fs: dir.join("none-fs.sock"),
+        vhost_vsock: dir.join("none-vsock.sock"),
+        qmp: dir.join("bare-qmp.sock"),
+        console: dir.join("bare-console.log"),
+        nics: Vec::new(),
+    };
+    let tsc = q.tsc_khz.or_else(lazyvm::hypervisor::host_tsc_khz);
+    let args = q.args(&files, tsc);
+    // Drop the vhost-user chardev/device pairs and QMP (flag + value each).
+    let mut kept: Vec<OsString> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).map(|v| v.to_string_lossy().into_owned());
+        let drop = match (args[i].to_str(), value.as_deref()) {
+            (Some("-chardev"), Some(v)) => v.starts_with("socket,"),
+            (Some("-device"), Some(v)) => v.starts_with("vhost-user-"),
+            (Some("-qmp"), _) => true,
+            _ => false,
+        };
+        if drop {
+            i += 2;
+        } else {
+            kept.push(args[i].clone());
+            i += 1;
+        }
+    }
+    let mut cmd = Command::new(&q.binary);
+    cmd.args(kept);
+    cmd
+}
+
+/// One bare boot to QEMU's exit; the init must have run (a kernel that finds no init
+/// panics, and `panic=-1` would end QEMU just as well).
+fn bare_boot(cmd: &mut Command, console: &Path) -> Duration {
+    let _ = std::fs::remove_file(console);
+    let t = Instant::now();
+    let out = cmd.output().unwrap();
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "bare QEMU: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = std::fs::read_to_string(console).unwrap_or_default();
+    assert!(
+        !printed.contains("Kernel panic"),
+        "the bare guest panicked:\n{printed}"
+    );
+    took
 }
 
 fn main() {
@@ -35,7 +126,15 @@ fn main() {
         .success());
     let runtimes = [("lazyvm", RUNTIME), ("runc", "io.containerd.runc.v2")];
     let mut times: [Vec<Duration>; 2] = Default::default();
+    let mut bare_cmd = bare_qemu(tmp.path());
+    let mut bare = Vec::new();
     for round in 0..ROUNDS {
+        let took = bare_boot(&mut bare_cmd, &tmp.path().join("bare-console.log"));
+        println!(
+            "round {round} bare    {:>6.0} ms",
+            took.as_secs_f64() * 1000.0
+        );
+        bare.push(took);
         for (i, (name, runtime)) in runtimes.iter().enumerate() {
             let id = format!("{}b{round}{name}", common::test_prefix());
             let t = Instant::now();
@@ -62,11 +161,32 @@ fn main() {
             times[i].push(took);
         }
     }
+    // The shim logs each sandbox's teardown (from the Shutdown after the last Delete to
+    // every helper gone and the directory removed).
+    let log = std::fs::read_to_string(containerd.dir.join("containerd.log")).unwrap_or_default();
+    let teardowns: Vec<Duration> = log
+        .lines()
+        .filter_map(|l| l.split(" torn down in ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<f64>().ok())
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .collect();
+    assert_eq!(teardowns.len(), ROUNDS, "teardown lines in the shim's log");
+    let teardown = median(teardowns);
+    println!(
+        "median lazyvm teardown (last Delete's Shutdown → every helper gone): {:.0} ms (goal ≤ 300 ms)",
+        teardown.as_secs_f64() * 1000.0
+    );
     let [lazyvm, runc] = times.map(median);
+    let bare = median(bare);
     println!(
         "\nmedian ctr run --rm ... echo hello over {ROUNDS} rounds: lazyvm {:.0} ms | runc {:.0} ms | lazyvm/runc = {:.1}",
         lazyvm.as_secs_f64() * 1000.0,
         runc.as_secs_f64() * 1000.0,
         lazyvm.as_secs_f64() / runc.as_secs_f64()
+    );
+    println!(
+        "median bare boot to QEMU's exit (same kernel and QEMU flags, init = reboot -f): {:.0} ms | P1 lazyvm/bare = {:.2} (goal ≤ 1.3)",
+        bare.as_secs_f64() * 1000.0,
+        lazyvm.as_secs_f64() / bare.as_secs_f64()
     );
 }
