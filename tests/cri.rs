@@ -362,21 +362,6 @@ fn largest_mapping(pid: u32) -> Option<(u64, u64, String)> {
     best
 }
 
-/// The lazyvm agent's footprint, asked over the pod's own agent channel (a second
-/// hybrid-vsock connection beside the shim's): `(VmRSS kB, open fds, processes tracked)`.
-async fn agent_footprint(pod: &Pod) -> (u64, u32, u32) {
-    let uds = pod.sandbox_dir().join("vsock.sock");
-    let agent = lazyvm::agent::AgentClient::connect(
-        &uds,
-        lazyvm_proto::AGENT_VSOCK_PORT,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connecting to the agent of {}: {e}", pod.id));
-    let (rss, fds, procs) = agent.footprint().await.unwrap();
-    (rss / 1024, fds, procs)
-}
-
 /// The node's PID 1 seen from a container of a hostPID pod (runc): `(VmRSS kB, open
 /// fds)`. Read, never asserted on: it proves the probe path of the runc baseline.
 async fn node_init_rss_and_fds(env: &CriEnv, probe: &str) -> (u64, usize) {
@@ -461,7 +446,7 @@ async fn exec_sync_loop(handler: &str) {
     }
     let shim_before = rss_and_fds(shim);
     let agent_before = if handler == LAZYVM {
-        Some(agent_footprint(&pod).await)
+        Some(pod.agent_footprint().await)
     } else {
         None
     };
@@ -493,7 +478,7 @@ async fn exec_sync_loop(handler: &str) {
         "shim memory grew: {shim_before:?} -> {shim_after:?}"
     );
     if let Some(before) = agent_before {
-        let after = agent_footprint(&pod).await;
+        let after = pod.agent_footprint().await;
         eprintln!(
             "[{handler}] agent (VmRSS kB, fds, processes): before {before:?}, after {after:?}"
         );
@@ -889,12 +874,7 @@ async fn lazyvm_a_dead_vm_ends_the_pod() {
             assert!(Instant::now() < deadline, "the pod is still ready: {st:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let mut runtime = env.runtime.clone();
-        let refused = runtime
-            .start_container(k8s_cri::v1::StartContainerRequest {
-                container_id: created.clone(),
-            })
-            .await;
+        let refused = env.try_start_container(&created).await;
         assert!(refused.is_err(), "a container started in a dead pod");
         env.remove_container(&created).await;
         stop_and_remove(&env, &pod, &[&running]).await;

@@ -312,12 +312,7 @@ async fn broken_nydus_images_and_a_registry_down_fail_cleanly() {
             Err(e) => e.message().to_string(),
             Ok(cid) => {
                 // The bootstrap is read when nydusd mounts it: at create or at start.
-                let mut runtime = env.runtime.clone();
-                let r = runtime
-                    .start_container(k8s_cri::v1::StartContainerRequest {
-                        container_id: cid.clone(),
-                    })
-                    .await;
+                let r = env.try_start_container(&cid).await;
                 env.remove_container(&cid).await;
                 match r {
                     Err(e) => e.message().to_string(),
@@ -346,12 +341,7 @@ async fn broken_nydus_images_and_a_registry_down_fail_cleanly() {
     match created {
         Err(e) => eprintln!("offline create: {}", e.message()),
         Ok(cid) => {
-            let mut runtime = env.runtime.clone();
-            let r = runtime
-                .start_container(k8s_cri::v1::StartContainerRequest {
-                    container_id: cid.clone(),
-                })
-                .await;
+            let r = env.try_start_container(&cid).await;
             match r {
                 Err(e) => eprintln!("offline start: {}", e.message()),
                 Ok(_) => {

@@ -473,14 +473,19 @@ impl AgentService {
         // Never crosses a mount: should one survive, the container stays for a retry.
         remove::remove_tree(&c.bundle)?;
         self.lock_containers().remove(cid);
-        // The container's files are unused now: let the host's virtio-fs daemon close them.
+        log::info!("container {cid} removed");
+        Ok(())
+    }
+
+    /// After a RemoveContainer (not a DestroySandbox, whose VM ends next): the removed
+    /// container's files are unused now, and forgetting them lets the host's virtio-fs
+    /// daemon close them.
+    async fn forget_removed_files(&self, cid: &str) {
         match tokio::task::spawn_blocking(mount::forget_unused_inodes).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => log::warn!("container {cid}: dropping unused inodes: {e}"),
             Err(e) => log::warn!("container {cid}: dropping unused inodes: {e}"),
         }
-        log::info!("container {cid} removed");
-        Ok(())
     }
 
     async fn exec_process(&self, req: ExecProcessRequest) -> Result<u32> {
@@ -722,8 +727,9 @@ impl Agent for Handler {
         log_err(
             "RemoveContainer",
             self.0.remove_container(&r.container_id, r.force).await,
-        )
-        .map(|_| empty())
+        )?;
+        self.0.forget_removed_files(&r.container_id).await;
+        Ok(empty())
     }
 
     async fn exec_process(

@@ -1143,20 +1143,17 @@ mod tests {
                            "annotations": {"io.containerd.image.name": "x"}}]
         }))
         .unwrap();
-        let mut b = tar::Builder::new(File::create(path).unwrap());
-        let mut add = |name: &str, data: &[u8]| {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, name, data).unwrap();
-        };
-        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
-        add("./index.json", &index);
-        for (d, data) in &blobs {
-            add(&format!("blobs/sha256/{}", &d[7..]), data);
+        let mut entries = vec![
+            (
+                "oci-layout".to_string(),
+                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            ),
+            ("./index.json".to_string(), index),
+        ];
+        for (d, data) in blobs {
+            entries.push((format!("blobs/sha256/{}", &d[7..]), data));
         }
-        b.finish().unwrap();
+        write_tar(path, &entries);
     }
 
     #[test]
@@ -1222,17 +1219,22 @@ mod tests {
             }
         };
         let index = serde_json::to_vec(&index).unwrap();
+        let mut entries = vec![("index.json".to_string(), index)];
+        for data in blobs {
+            entries.push((format!("blobs/sha256/{}", &sha256_bytes(&data)[7..]), data));
+        }
+        write_tar(path, &entries);
+    }
+
+    /// Writes a tar of `(name, content)` entries, each a 0644 file.
+    fn write_tar(path: &Path, entries: &[(String, Vec<u8>)]) {
         let mut b = tar::Builder::new(File::create(path).unwrap());
-        let mut add = |name: &str, data: &[u8]| {
+        for (name, data) in entries {
             let mut h = tar::Header::new_gnu();
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
             h.set_cksum();
-            b.append_data(&mut h, name, data).unwrap();
-        };
-        add("index.json", &index);
-        for data in &blobs {
-            add(&format!("blobs/sha256/{}", &sha256_bytes(data)[7..]), data);
+            b.append_data(&mut h, name, data.as_slice()).unwrap();
         }
         b.finish().unwrap();
     }

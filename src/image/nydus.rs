@@ -21,16 +21,18 @@ use super::Progress;
 
 /// The data blob's media type.
 pub const MEDIA_TYPE_NYDUS_BLOB: &str = "application/vnd.oci.image.layer.nydus.blob.v1";
+// The layer annotations are the labels lazyvm-snapshotter reads (containerd hands a
+// layer's annotations to the snapshotter as labels): one definition for both sides.
 /// Marks the data blob layer.
-pub const ANNOTATION_NYDUS_BLOB: &str = "containerd.io/snapshot/nydus-blob";
+pub const ANNOTATION_NYDUS_BLOB: &str = lazyvm_snapshotter::nydus::BLOB_LABEL;
 /// Marks the bootstrap layer.
-pub const ANNOTATION_NYDUS_BOOTSTRAP: &str = "containerd.io/snapshot/nydus-bootstrap";
+pub const ANNOTATION_NYDUS_BOOTSTRAP: &str = lazyvm_snapshotter::nydus::BOOTSTRAP_LABEL;
 /// The RAFS version of the bootstrap layer.
-pub const ANNOTATION_NYDUS_FS_VERSION: &str = "containerd.io/snapshot/nydus-fs-version";
+pub const ANNOTATION_NYDUS_FS_VERSION: &str = lazyvm_snapshotter::nydus::FS_VERSION_LABEL;
 /// The RAFS version built.
 pub const FS_VERSION: &str = "6";
 /// The bootstrap's path in its layer tar.
-pub const BOOTSTRAP_PATH: &str = "image/image.boot";
+pub use lazyvm_snapshotter::nydus::BOOTSTRAP_PATH;
 /// The environment variable naming the nydus-image binary.
 pub const NYDUS_IMAGE_ENV: &str = "LAZYVM_NYDUS_IMAGE";
 

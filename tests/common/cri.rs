@@ -131,6 +131,22 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// The lazyvm agent's footprint, asked over the pod's own agent channel (a second
+    /// hybrid-vsock connection beside the shim's): `(VmRSS kB, open fds, processes
+    /// tracked)`.
+    pub async fn agent_footprint(&self) -> (u64, u32, u32) {
+        let uds = self.sandbox_dir().join("vsock.sock");
+        let agent = lazyvm::agent::AgentClient::connect(
+            &uds,
+            lazyvm_proto::AGENT_VSOCK_PORT,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the agent of {}: {e}", self.id));
+        let (rss, fds, procs) = agent.footprint().await.unwrap();
+        (rss / 1024, fds, procs)
+    }
+
     /// lazyvm's sandbox directory for this pod (`/run/lazyvm/<key>`).
     pub fn sandbox_dir(&self) -> PathBuf {
         lazyvm::sandbox::sandbox_dir(Path::new(lazyvm::sandbox::RUN_DIR), &self.id)
@@ -867,7 +883,15 @@ state = "{state}"
             .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
     }
 
+    /// StartContainer `cid`; panics on failure.
     pub async fn start_container(&self, cid: &str) {
+        self.try_start_container(cid)
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer {cid}: {e}"));
+    }
+
+    /// StartContainer `cid`, its error returned.
+    pub async fn try_start_container(&self, cid: &str) -> Result<(), tonic::Status> {
         let mut runtime = self.runtime.clone();
         within(
             "StartContainer",
@@ -877,7 +901,7 @@ state = "{state}"
             }),
         )
         .await
-        .unwrap_or_else(|e| panic!("StartContainer {cid}: {e}"));
+        .map(|_| ())
     }
 
     pub async fn container_status(&self, cid: &str) -> ContainerStatus {

@@ -99,21 +99,11 @@ impl RafsImage {
         std::fs::create_dir_all(&blob_dir).unwrap();
         std::fs::create_dir_all(&cache_dir).unwrap();
         let bootstrap = dir.join("image.boot");
+        // The command line `lazyvm image convert` uses.
         let out = Command::new(nydus_image_path())
-            .args([
-                "create",
-                "--type",
-                "dir-rafs",
-                "--fs-version",
-                "6",
-                "--log-level",
-                "warn",
-            ])
-            .arg("--bootstrap")
-            .arg(&bootstrap)
-            .arg("--blob-dir")
-            .arg(&blob_dir)
-            .arg(src)
+            .args(lazyvm::image::nydus::create_args(
+                src, &bootstrap, &blob_dir,
+            ))
             .output()
             .expect("running nydus-image");
         assert!(

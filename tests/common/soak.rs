@@ -533,21 +533,6 @@ fn taps_in(netns: &Path) -> u64 {
         .count() as u64
 }
 
-/// The guest agent's `(RSS KiB, open fds, tracked processes)`, asked over a connection of
-/// our own to the pod's hybrid vsock (beside the shim's).
-async fn agent_footprint(pod: &Pod) -> (u64, u64, u64) {
-    let uds = pod.sandbox_dir().join("vsock.sock");
-    let agent = lazyvm::agent::AgentClient::connect(
-        &uds,
-        lazyvm_proto::AGENT_VSOCK_PORT,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connecting to the agent of {}: {e}", pod.id));
-    let (rss, fds, procs) = agent.footprint().await.unwrap();
-    (rss / 1024, u64::from(fds), u64::from(procs))
-}
-
 /// The guest's MemTotal - MemAvailable, KiB, read in container `cid` (its /proc/meminfo
 /// is the VM's).
 async fn guest_used_kib(env: &CriEnv, cid: &str) -> u64 {
@@ -614,15 +599,15 @@ async fn pod_sample(
     ] {
         procs.push((name, figures(name, pid)));
     }
-    let (agent_kib, agent_fds, agent_procs) = agent_footprint(pod).await;
+    let (agent_kib, agent_fds, agent_procs) = pod.agent_footprint().await;
     let counts = vec![
         ("taps", taps_in(netns)),
         (
             "mounts",
             mounts_naming(&[dir.clone(), env.dir.clone()]).len() as u64,
         ),
-        ("agent fds", agent_fds),
-        ("agent procs", agent_procs),
+        ("agent fds", u64::from(agent_fds)),
+        ("agent procs", u64::from(agent_procs)),
         ("agent KiB", agent_kib),
         ("guest used KiB", guest_used_kib(env, keeper).await),
     ];
