@@ -30,7 +30,10 @@ install: build guest
 	install -m 0755 target/release/containerd-shim-lazyvm-v2 target/release/lazyvm \
 	  target/release/lazyvm-snapshotter target/release/nydus-overlayfs $(PREFIX)/bin/
 	install -d $(SHARE)
-	install -m 0644 build/guest/vmlinux build/guest/initramfs.cpio.gz $(SHARE)/
+	install -m 0644 build/guest/vmlinux build/guest/initramfs.cpio $(SHARE)/
+	# Configurations written for earlier versions name the gzip'd image: the kernel takes
+	# the uncompressed one under that name too.
+	ln -sfn initramfs.cpio $(SHARE)/initramfs.cpio.gz
 	install -d $(ETC)
 	test -e $(ETC)/config.toml || install -m 0644 deploy/config.toml $(ETC)/config.toml
 	test -e $(ETC)/snapshotter.toml || install -m 0600 deploy/snapshotter.toml $(ETC)/snapshotter.toml

@@ -41,7 +41,7 @@ fn main() {
             config: format!(
                 "[hypervisor]\naccel = \"tcg\"\nmachine = \"microvm\"\nkernel = {:?}\ninitramfs = {:?}\n",
                 guest.join("vmlinux"),
-                guest.join("initramfs.cpio.gz")
+                guest.join("initramfs.cpio")
             ),
         },
         Kernel {
@@ -49,7 +49,7 @@ fn main() {
             config: format!(
                 "[hypervisor]\naccel = \"tcg\"\nmachine = \"pc\"\nkernel = {:?}\ninitramfs = {:?}\n",
                 debian_kernel,
-                guest.join("initramfs-debian.cpio.gz")
+                guest.join("initramfs-debian.cpio")
             ),
         },
     ];

@@ -30,7 +30,7 @@ async fn main() {
     let config = format!(
         "[hypervisor]\naccel = \"tcg\"\nmachine = \"microvm\"\nkernel = {:?}\ninitramfs = {:?}\n",
         guest.join("vmlinux"),
-        guest.join("initramfs.cpio.gz")
+        guest.join("initramfs.cpio")
     );
     let mut times = Vec::new();
     let mut failed = 0;

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds lazyvm's guest image into build/guest/ (called by `make guest`):
 #   vmlinux                    the minimal kernel (scripts/build-kernel.sh, cached)
-#   initramfs.cpio.gz          /init = static lazyvm-agent, crun (trixie) + its libraries, busybox
+#   initramfs.cpio             /init = static lazyvm-agent, crun (trixie) + its libraries
 #   vmlinux-debian             Debian's kernel, uncompressed (fast PVH boots under TCG)
-#   initramfs-debian.cpio.gz   the same plus the modules Debian's kernel needs
+#   initramfs-debian.cpio      the same plus the modules Debian's kernel needs
 # Debian's kernel package is fetched with `apt-get download`, unpacked with `dpkg -x`
 # (never installed) and cached in $LAZYVM_CACHE/debian-kernel-<package>-<version>-<modules hash>/.
-# Environment: LAZYVM_CACHE (default /var/cache/lazyvm), LAZYVM_GUEST_BUSYBOX=0 to leave
-# busybox out, LAZYVM_GUEST_KERNELS="minimal debian" (either or both).
+# Environment: LAZYVM_CACHE (default /var/cache/lazyvm), LAZYVM_GUEST_BUSYBOX=1 to add
+# busybox (for debugging: the agent needs none of it, and every MiB is unpacked at each
+# boot), LAZYVM_GUEST_KERNELS="minimal debian" (either or both).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -33,6 +34,7 @@ for tool in busybox xz gzip cpio apt-get dpkg; do
   command -v "$tool" >/dev/null || die "$tool is missing (run make deps)"
 done
 mkdir -p "$out" "$CACHE"
+rm -f "$out"/initramfs*.cpio.gz   # the gzip'd images of earlier versions
 
 # ---- crun and its libraries from trixie ----
 crun_ver=$("$here/debian-suite.sh" version "$CRUN_SUITE" crun)
@@ -79,16 +81,18 @@ awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' <<<"$libs" | while read -r name pa
   esac
 done
 log "crun $crun_ver ($CRUN_SUITE) with $(awk '$2 == "=>"' <<<"$libs" | wc -l) libraries"
-if [ "${LAZYVM_GUEST_BUSYBOX:-1}" != 0 ]; then
+if [ "${LAZYVM_GUEST_BUSYBOX:-0}" != 0 ]; then
   install -m 0755 "$(command -v busybox)" "$base/bin/busybox"
   for a in sh ls cat mount umount ps dmesg ip; do ln -sf busybox "$base/bin/$a"; done
 fi
 echo "root:x:0:0:root:/:/bin/sh" >"$base/etc/passwd"
 echo "root:x:0:" >"$base/etc/group"
 
+# Uncompressed: the guest kernel unpacks a gzip'd initramfs of this size in about 0.2-0.35 s
+# under TCG (measured; QEMU loads the 12 MiB raw file in a few milliseconds).
 make_cpio() { # dir out
   (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | busybox cpio -o -H newc 2>/dev/null) \
-    | gzip -9 >"$2.tmp"
+    >"$2.tmp"
   mv "$2.tmp" "$2"
   log "$(basename "$2"): $(size "$2")"
 }
@@ -97,7 +101,7 @@ make_cpio() { # dir out
 if [[ " $KERNELS " == *" minimal "* ]]; then
   "$here/build-kernel.sh" "$out/vmlinux" | tail -n 1 >/dev/null
   log "vmlinux: $(size "$out/vmlinux") (minimal kernel)"
-  make_cpio "$base" "$out/initramfs.cpio.gz"
+  make_cpio "$base" "$out/initramfs.cpio"
 fi
 
 # ---- Debian's kernel: vmlinux extracted from the bzImage, plus modules ----
@@ -164,6 +168,6 @@ if [[ " $KERNELS " == *" debian "* ]]; then
   deb="$stage/debian"
   cp -a "$base" "$deb"
   cp -a "$kdir/modules/lib/modules/." "$deb/lib/modules/"
-  make_cpio "$deb" "$out/initramfs-debian.cpio.gz"
+  make_cpio "$deb" "$out/initramfs-debian.cpio"
 fi
 log "done: $out"

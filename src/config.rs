@@ -13,7 +13,7 @@
 //! max_vcpus = 0                       # most a pod may ask for; 0: the host's CPUs
 //! max_memory_mib = 0                  # most a pod may ask for; 0: the host's memory
 //! kernel = "/usr/local/share/lazyvm/vmlinux"
-//! initramfs = "/usr/local/share/lazyvm/initramfs.cpio.gz"
+//! initramfs = "/usr/local/share/lazyvm/initramfs.cpio"
 //! kernel_params = []
 //! # tsc_khz = 2000000                 # microvm only; read from the host when unset
 //! [nydusd]
@@ -125,7 +125,7 @@ impl Default for HypervisorConfig {
             max_vcpus: 0,
             max_memory_mib: 0,
             kernel: Path::new(SHARE_DIR).join("vmlinux"),
-            initramfs: Path::new(SHARE_DIR).join("initramfs.cpio.gz"),
+            initramfs: Path::new(SHARE_DIR).join("initramfs.cpio"),
             kernel_params: Vec::new(),
             tsc_khz: None,
             unprivileged: true,

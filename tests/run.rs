@@ -167,7 +167,7 @@ fn missing_pieces_are_named_and_nothing_is_left() {
     let out = f.run(&[], &["true"], b"");
     assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("initramfs.cpio.gz"), "{err}");
+    assert!(err.contains("initramfs.cpio"), "{err}");
 
     let f = Fixture::new();
     let out = f

@@ -356,7 +356,7 @@ fn a_dead_part_ends_the_pod(name: &str, fault: Fault) {
                 format!(
                     "[hypervisor]\naccel = \"tcg\"\nkernel = {:?}\ninitramfs = {:?}\n",
                     g.join("vmlinux-debian"),
-                    g.join("initramfs-debian.cpio.gz")
+                    g.join("initramfs-debian.cpio")
                 ),
             )
             .unwrap();

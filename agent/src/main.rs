@@ -5,8 +5,8 @@
 //! Usage: `lazyvm-agent [--listen ADDR] [--crun PATH]`; ADDR defaults to
 //! `vsock://-1:1024`, `unix:///path` is accepted for tests outside a VM. The kernel
 //! command line option `lazyvm.debug` turns on debug logging; `lazyvm_no_pivot=1` keeps
-//! the agent on the initramfs (crun then runs containers with `--no-pivot`) instead of
-//! moving it to a tmpfs root first (see `rootfs`).
+//! the agent on the initramfs's own mount (crun then runs containers with `--no-pivot`)
+//! instead of moving it onto a bind of the initramfs first (see `rootfs`).
 
 mod cgroup;
 mod container;
@@ -78,20 +78,18 @@ fn main() {
         Ok(o) => o,
         Err(e) => fatal(pid1, &e),
     };
-    // Leave the initramfs for a tmpfs root first, so that crun can pivot_root.
+    // Leave the initramfs's own mount first, so that crun can pivot_root.
     let mut no_pivot = false;
     if pid1 {
         // `lazyvm_no_pivot=1` on the kernel command line (the kernel hands it to init's
-        // environment) skips the switch: faster boot, weaker container confinement.
+        // environment) skips the switch: containers then run with crun --no-pivot.
         if std::env::var_os("lazyvm_no_pivot").is_some() {
             no_pivot = true;
-        } else if std::env::var_os(rootfs::SWITCHED_ENV).is_none() {
-            log::info!("started; moving to a tmpfs root");
-            let e = rootfs::switch_to_tmpfs();
+        } else if let Err(e) = rootfs::switch_to_bind() {
             log::warn!("staying on the initramfs, containers use crun --no-pivot: {e}");
             no_pivot = true;
         }
-        log::info!("root is a tmpfs: {}", !no_pivot);
+        log::info!("started; root is a bind of the initramfs: {}", !no_pivot);
         std::env::set_var(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -117,6 +115,27 @@ fn main() {
     };
     if let Err(e) = rt.block_on(serve(opts, no_pivot)) {
         fatal(pid1, &e);
+    }
+}
+
+/// Tells the host that the server listens: a connection to the host's vsock port
+/// [`lazyvm_proto::AGENT_READY_VSOCK_PORT`], closed at once. Best effort: the host
+/// keeps trying to connect without it.
+fn signal_ready() {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    use std::os::fd::AsRawFd;
+    let res = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .and_then(|fd| {
+        let host = VsockAddr::new(libc::VMADDR_CID_HOST, lazyvm_proto::AGENT_READY_VSOCK_PORT);
+        connect(fd.as_raw_fd(), &host)
+    });
+    if let Err(e) = res {
+        log::debug!("telling the host the agent listens: {e}");
     }
 }
 
@@ -152,6 +171,9 @@ async fn serve(opts: Options, no_pivot: bool) -> Result<(), String> {
         .await
         .map_err(|e| format!("starting the ttrpc server: {e}"))?;
     log::info!("agent ready on {}", opts.listen);
+    if opts.listen.starts_with("vsock://") {
+        tokio::task::spawn_blocking(signal_ready);
+    }
     // The server runs on its own tasks; PID 1 lives until the VM stops.
     std::future::pending::<()>().await;
     Ok(())

@@ -88,28 +88,6 @@ pub fn remove_tree(path: &Path) -> Result<(), RemoveError> {
     remove_entry(parent_fd.as_fd(), name, path)
 }
 
-/// Removes every entry of the directory `dir` (shown as `path` in errors) except `keep`,
-/// as [`remove_tree`] removes one: never crossing a mount nor following a symlink. Unlike
-/// [`remove_tree`], it carries on past an entry that cannot be removed (a mount point
-/// among them) and returns the first error.
-pub fn remove_contents_at(
-    dir: BorrowedFd<'_>,
-    path: &Path,
-    keep: Option<&OsStr>,
-) -> Result<(), RemoveError> {
-    let mut first_err = None;
-    for name in list(dir, path)? {
-        let name = OsStr::from_bytes(name.as_bytes());
-        if Some(name) == keep {
-            continue;
-        }
-        if let Err(e) = remove_entry(dir, name, &path.join(name)) {
-            first_err.get_or_insert(e);
-        }
-    }
-    first_err.map_or(Ok(()), Err)
-}
-
 /// One directory being emptied: its descriptor, its path (for errors), the entries
 /// still to remove, and its name in the directory below it on the stack.
 struct Level {
@@ -382,59 +360,6 @@ mod tests {
         assert!(!tree.exists());
     }
 
-    /// As when the initramfs is freed: a directory with a mount inside is mounted over,
-    /// then emptied through a descriptor opened before; the mount inside is kept, its
-    /// siblings go, and the mount on top is not touched.
-    #[test]
-    fn empties_an_overmounted_dir_through_its_descriptor() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping the mount test: not root");
-            return;
-        }
-        let tmp = TempDir::new("overmounted");
-        let root = tmp.0.join("root");
-        let proc_dir = root.join("proc");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::create_dir_all(&proc_dir).unwrap();
-        std::fs::write(root.join("bin/init"), "init").unwrap();
-        std::fs::write(root.join("init"), "init").unwrap();
-        let mount_tmpfs = |at: &Path| {
-            mount(
-                Some("tmpfs"),
-                at,
-                Some("tmpfs"),
-                MsFlags::empty(),
-                None::<&str>,
-            )
-            .unwrap();
-            MountGuard(at.to_path_buf())
-        };
-        let inner = mount_tmpfs(&proc_dir);
-        std::fs::write(proc_dir.join("inside"), "i").unwrap();
-        let old_root = open_dir(None, &root).unwrap();
-        let over = mount_tmpfs(&root);
-        std::fs::write(root.join("new-root-file"), "n").unwrap();
-
-        let e = remove_contents_at(old_root.as_fd(), &root, None).unwrap_err();
-        assert!(matches!(&e, RemoveError::Mounted { path } if Path::new(path) == proc_dir));
-        assert_eq!(
-            std::fs::read_to_string(root.join("new-root-file")).unwrap(),
-            "n"
-        );
-        drop(over);
-        let mut left: Vec<_> = std::fs::read_dir(&root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        left.sort();
-        assert_eq!(left, vec![OsStr::new("proc").to_owned()]);
-        assert_eq!(
-            std::fs::read_to_string(proc_dir.join("inside")).unwrap(),
-            "i"
-        );
-        drop(inner);
-    }
-
     #[test]
     fn unlinks_symlinks_without_following_them() {
         let tmp = TempDir::new("symlink");
@@ -481,29 +406,5 @@ mod tests {
             remove_tree(Path::new("/")),
             Err(RemoveError::BadPath { .. })
         ));
-    }
-
-    #[test]
-    fn contents_are_removed_through_a_descriptor() {
-        let tmp = TempDir::new("contents");
-        let root = tmp.0.join("root");
-        std::fs::create_dir_all(root.join("d/e")).unwrap();
-        std::fs::create_dir_all(root.join("keep")).unwrap();
-        std::fs::write(root.join("keep/k"), "k").unwrap();
-        std::fs::write(root.join("d/e/f"), "f").unwrap();
-        let outside = tmp.0.join("outside");
-        std::fs::create_dir(&outside).unwrap();
-        std::fs::write(outside.join("marker"), "m").unwrap();
-        std::os::unix::fs::symlink(&outside, root.join("l")).unwrap();
-        let fd = open_dir(None, &root).unwrap();
-
-        remove_contents_at(fd.as_fd(), &root, Some(OsStr::new("keep"))).unwrap();
-        let left: Vec<_> = std::fs::read_dir(&root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left, vec![OsStr::new("keep").to_owned()]);
-        assert!(root.join("keep/k").exists());
-        assert!(outside.join("marker").exists());
     }
 }

@@ -338,8 +338,8 @@ impl Agent {
 async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
     let guest = repo().join("build/guest");
     let (vmlinux, initrd) = match kernel {
-        Kernel::Minimal => ("vmlinux", "initramfs.cpio.gz"),
-        Kernel::Debian => ("vmlinux-debian", "initramfs-debian.cpio.gz"),
+        Kernel::Minimal => ("vmlinux", "initramfs.cpio"),
+        Kernel::Debian => ("vmlinux-debian", "initramfs-debian.cpio"),
     };
     let (vmlinux, initrd) = (guest.join(vmlinux), guest.join(initrd));
     let tools = [

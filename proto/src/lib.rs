@@ -40,6 +40,11 @@ pub mod agent_ttrpc {
 /// The vsock port the agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The host's vsock port the agent connects to once it listens, to say so (the host
+/// then connects at once instead of at its next retry). vhost-device-vsock hands a
+/// guest's connection to host port P to the unix socket `<uds-path>_P`.
+pub const AGENT_READY_VSOCK_PORT: u32 = 1025;
+
 /// Full ttrpc service name, as it appears in method paths.
 pub const SERVICE_NAME: &str = "lazyvm.agent.v1.Agent";
 

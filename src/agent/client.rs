@@ -10,7 +10,7 @@ use lazyvm_proto::agent::{self as pb};
 use lazyvm_proto::agent_ttrpc::AgentClient as RawClient;
 use lazyvm_proto::ttrpc;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use tokio::net::{UnixListener, UnixStream};
 
 use crate::network::{GuestNetwork, IpNet};
 
@@ -22,6 +22,42 @@ const RETRY_FIRST: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_millis(200);
 /// How long the first Health call on a fresh connection may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The host end of the agent's "I listen" signal: once its server is up, the agent
+/// connects to the host's vsock port [`lazyvm_proto::AGENT_READY_VSOCK_PORT`], which
+/// vhost-device-vsock hands to the unix socket `<uds>_<port>` bound here. The socket
+/// file goes when this is dropped.
+pub struct ReadySignal {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ReadySignal {
+    /// Binds the signal's socket beside the hybrid vsock socket `uds` (before the VM
+    /// starts, so the signal cannot be missed).
+    pub fn bind(uds: &Path) -> std::io::Result<Self> {
+        let mut path = uds.as_os_str().to_owned();
+        path.push(format!("_{}", lazyvm_proto::AGENT_READY_VSOCK_PORT));
+        let path = PathBuf::from(path);
+        let listener = UnixListener::bind(&path)?;
+        Ok(ReadySignal { listener, path })
+    }
+
+    /// Waits for the agent's signal (the connection itself; nothing is read from it).
+    async fn wait(&self) {
+        loop {
+            if self.listener.accept().await.is_ok() {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for ReadySignal {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
 
 /// Why talking to the agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +179,18 @@ impl AgentClient {
     /// the VM never completed a handshake: 18 of 200 VMs booted 10 at a time had to be
     /// booted again, 3 of 200 since.
     pub async fn connect(path: &Path, port: u32, timeout: Duration) -> Result<Self, AgentError> {
+        Self::connect_signalled(path, port, timeout, None).await
+    }
+
+    /// As [`AgentClient::connect`], and the pause between two attempts ends as soon as
+    /// the agent signals through `ready` that it listens (the signal is then dropped,
+    /// its socket removed).
+    pub async fn connect_signalled(
+        path: &Path,
+        port: u32,
+        timeout: Duration,
+        mut ready: Option<ReadySignal>,
+    ) -> Result<Self, AgentError> {
         let deadline = Instant::now() + timeout;
         let mut pause = RETRY_FIRST;
         let mut last: String;
@@ -175,8 +223,21 @@ impl AgentClient {
                     last,
                 });
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(RETRY_MAX);
+            let signalled = match &ready {
+                Some(signal) => tokio::select! {
+                    _ = tokio::time::sleep(pause) => false,
+                    _ = signal.wait() => true,
+                },
+                None => {
+                    tokio::time::sleep(pause).await;
+                    false
+                }
+            };
+            if signalled {
+                ready = None;
+            } else {
+                pause = (pause * 2).min(RETRY_MAX);
+            }
         }
     }
 
@@ -563,6 +624,55 @@ fn container_req(id: &str) -> pb::ContainerRequest {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// Attempts are refused (the agent does not listen yet) until 760 ms, when the agent
+    /// signals: the next attempt comes at once, not at the next retry (the pauses have
+    /// grown to 200 ms by then).
+    #[tokio::test]
+    async fn the_ready_signal_ends_the_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let ready = ReadySignal::bind(&path).unwrap();
+        let signal_path = dir.path().join("vsock.sock_1025");
+        assert!(signal_path.exists());
+        let start = Instant::now();
+        let client = tokio::spawn({
+            let path = path.clone();
+            async move {
+                AgentClient::connect_signalled(&path, 1024, Duration::from_secs(2), Some(ready))
+                    .await
+            }
+        });
+        let server = tokio::spawn(async move {
+            let mut attempts = Vec::new();
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                attempts.push(start.elapsed());
+                drop(s);
+                if start.elapsed() > Duration::from_millis(1000) {
+                    return attempts;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(760)).await;
+        let signalled_at = start.elapsed();
+        let _agent = UnixStream::connect(&signal_path).await.unwrap();
+        let attempts = server.await.unwrap();
+        let first_after = attempts
+            .iter()
+            .find(|t| **t >= signalled_at)
+            .expect("an attempt after the signal");
+        assert!(
+            *first_after - signalled_at < Duration::from_millis(60),
+            "first attempt {first_after:?} after the signal at {signalled_at:?}: {attempts:?}"
+        );
+        assert!(
+            !signal_path.exists(),
+            "the signal's socket is removed once used"
+        );
+        client.abort();
+    }
 
     #[tokio::test]
     async fn a_slow_handshake_is_waited_for_not_abandoned() {

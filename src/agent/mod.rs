@@ -3,5 +3,5 @@
 
 pub mod client;
 
-pub use client::{AgentClient, AgentError, ProcessExit};
+pub use client::{AgentClient, AgentError, ProcessExit, ReadySignal};
 pub use lazyvm_proto::agent::Storage;

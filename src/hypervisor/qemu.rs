@@ -421,7 +421,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 512,
             kernel: "/k/vmlinux".into(),
-            initramfs: "/k/initramfs.cpio.gz".into(),
+            initramfs: "/k/initramfs.cpio".into(),
             kernel_params: vec!["lazyvm.debug=1".into()],
             tsc_khz: None,
             debug: false,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::agent::{AgentClient, AgentError, Storage};
+use crate::agent::{AgentClient, AgentError, ReadySignal, Storage};
 use crate::beneath::{Beneath, BeneathError, BindOptions, BindSource};
 use crate::config::Config;
 use crate::hypervisor::qemu::console_tail;
@@ -487,6 +487,10 @@ impl Sandbox {
         let mut qemu_cfg = cfg.qemu();
         qemu_cfg.user = self.vm_user.clone();
 
+        // Bound before the VM starts, so the agent's signal cannot come too early.
+        let ready = ReadySignal::bind(&uds)
+            .map_err(|e| log::warn!("sandbox {}: the agent's ready signal: {e}", self.id))
+            .ok();
         let t = Instant::now();
         let qemu = Qemu::start(&qemu_cfg, files, Some(fail("QEMU"))).await?;
         if cfg.debug {
@@ -494,7 +498,7 @@ impl Sandbox {
         }
         self.qemu = Some(qemu);
         self.record_pids();
-        let agent = self.connect_agent(&uds).await?;
+        let agent = self.connect_agent(&uds, ready).await?;
         self.timings.vm_boot = t.elapsed();
         self.restrict_modes();
         agent.create_sandbox(&spec.hostname, spec.shm_size).await?;
@@ -541,8 +545,17 @@ impl Sandbox {
     /// Connects to the agent, giving up as soon as QEMU exits, or [`READY_GRACE`] after
     /// the guest's console says its agent listens while the channel still gives no
     /// answer.
-    async fn connect_agent(&mut self, uds: &Path) -> Result<AgentClient, SandboxError> {
-        let connect = AgentClient::connect(uds, lazyvm_proto::AGENT_VSOCK_PORT, AGENT_TIMEOUT);
+    async fn connect_agent(
+        &mut self,
+        uds: &Path,
+        ready: Option<ReadySignal>,
+    ) -> Result<AgentClient, SandboxError> {
+        let connect = AgentClient::connect_signalled(
+            uds,
+            lazyvm_proto::AGENT_VSOCK_PORT,
+            AGENT_TIMEOUT,
+            ready,
+        );
         tokio::pin!(connect);
         let console = || {
             self.qemu

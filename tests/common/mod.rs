@@ -279,7 +279,7 @@ pub fn guest_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guest"));
     assert!(
-        dir.join("vmlinux").is_file() && dir.join("initramfs.cpio.gz").is_file(),
+        dir.join("vmlinux").is_file() && dir.join("initramfs.cpio").is_file(),
         "no guest image in {}: run `make guest`",
         dir.display()
     );
@@ -293,7 +293,7 @@ pub fn write_config(path: &Path, guest: &Path) {
         format!(
             "[hypervisor]\naccel = \"tcg\"\nkernel = {:?}\ninitramfs = {:?}\n",
             guest.join("vmlinux"),
-            guest.join("initramfs.cpio.gz")
+            guest.join("initramfs.cpio")
         ),
     )
     .unwrap();
