@@ -6,6 +6,12 @@
 //! root is then a mount with a parent, and each container gets a real pivot_root (its
 //! old root, the agent's, is detached in the container's mount namespace). Nothing is
 //! copied: the bind shows the initramfs's own files.
+//!
+//! The bind is read-only: nothing in the guest can change the agent's or crun's files,
+//! and crun, on a read-only mount of a file system that is not shmem (the shim boots the
+//! kernel with `rootfstype=ramfs`), trusts its binary instead of copying itself into a
+//! sealed memfd and executing that, twice per call (its CVE-2019-5736 guard: a process
+//! in a container cannot write to crun's binary through a read-only mount either).
 
 use std::path::Path;
 
@@ -62,5 +68,9 @@ pub fn switch_to_bind() -> Result<(), RootfsError> {
     std::env::set_current_dir("/").map_err(io("chdir", Path::new("/")))?;
     // The bind's mount point, now an empty directory of the new root: not needed.
     let _ = std::fs::remove_dir(new_root);
+    let ro = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    if let Err(e) = mount(None::<&str>, "/", None::<&str>, ro, None::<&str>) {
+        log::warn!("the root stays writable (crun then copies itself at each call): {e}");
+    }
     Ok(())
 }

@@ -162,6 +162,11 @@ impl QemuConfig {
             "reboot=t".into(),
             "panic=-1".into(),
             "nomodeset".into(),
+            // The initramfs unpacked into ramfs, not tmpfs: crun re-executes itself from a
+            // sealed memfd (twice, under TCG about 80 ms per call) unless its binary is on
+            // a read-only mount that is not shmem, and the agent's root is then one (see
+            // the agent's `rootfs`).
+            "rootfstype=ramfs".into(),
         ];
         if !self.debug {
             params.push("quiet".into());
