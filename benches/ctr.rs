@@ -20,7 +20,7 @@ use lazyvm::hypervisor::qemu::VmFiles;
 
 use containerd::{Containerd, RUNTIME};
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 const IMAGE: &str = "docker.io/library/lazyvm-busybox:bench";
 
 fn median(mut v: Vec<Duration>) -> Duration {

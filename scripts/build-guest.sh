@@ -54,8 +54,8 @@ crun_ldso="$crun_libdir/ld-linux-x86-64.so.2"
 # ---- the agent, static (glibc: no musl target here) ----
 log "building lazyvm-agent (static)"
 (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --release --locked -q -p lazyvm-agent --target "$TARGET")
-agent="$repo/target/$TARGET/release/lazyvm-agent"
+  cargo build --profile guest --locked -q -p lazyvm-agent --target "$TARGET")
+agent="$repo/target/$TARGET/guest/lazyvm-agent"
 file -b "$agent" | grep -qE 'static(-pie)? linked|statically linked' \
   || die "$agent is not statically linked: $(file -b "$agent")"
 

@@ -454,11 +454,6 @@ impl Sandbox {
         } else {
             LogLevel::Info
         };
-        let t = Instant::now();
-        self.nydusd = Some(Nydusd::start(nydusd_cfg, Some(fail("nydusd"))).await?);
-        self.timings.nydusd_ready = t.elapsed();
-        self.record_pids();
-
         let files = VmFiles {
             vhost_fs: self.dir.join("vhost-fs.sock"),
             vhost_vsock: self.dir.join("vhost-vsock.sock"),
@@ -466,16 +461,44 @@ impl Sandbox {
             console: console.clone(),
             nics: self.network.iter().flat_map(PodNetwork::nics).collect(),
         };
-        let vsock = VhostVsock::start(
-            &cfg.vsock.path,
-            &files.vhost_vsock,
-            &self.dir.join("vsock.sock"),
-            Some(fail("vhost-device-vsock")),
-        )
-        .await?;
-        let uds = vsock.uds_path().to_path_buf();
-        self.vsock = Some(vsock);
+        let uds = self.dir.join("vsock.sock");
+        // The two helpers start together; whichever started is kept (and stopped by the
+        // rollback) when the other failed.
+        let t = Instant::now();
+        let (nydusd, vsock) = tokio::join!(
+            async {
+                let r = Nydusd::start(nydusd_cfg, Some(fail("nydusd"))).await;
+                (r, t.elapsed())
+            },
+            VhostVsock::start(
+                &cfg.vsock.path,
+                &files.vhost_vsock,
+                &uds,
+                Some(fail("vhost-device-vsock")),
+            )
+        );
+        let (nydusd, nydusd_ready) = nydusd;
+        self.timings.nydusd_ready = nydusd_ready;
+        let err = match (nydusd, vsock) {
+            (Ok(n), Ok(v)) => {
+                self.nydusd = Some(n);
+                self.vsock = Some(v);
+                None
+            }
+            (Ok(n), Err(e)) => {
+                self.nydusd = Some(n);
+                Some(SandboxError::from(e))
+            }
+            (Err(e), Ok(v)) => {
+                self.vsock = Some(v);
+                Some(e.into())
+            }
+            (Err(e), Err(_)) => Some(e.into()),
+        };
         self.record_pids();
+        if let Some(e) = err {
+            return Err(e);
+        }
         if let Some(user) = &self.vm_user {
             for sock in [&files.vhost_fs, &files.vhost_vsock] {
                 confine::hand_over(sock, user).map_err(|source| SandboxError::Dir {
