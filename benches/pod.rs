@@ -1,8 +1,10 @@
 //! A Kubernetes pod's start through containerd's CRI, as the kubelet drives it:
 //! RunPodSandbox + CreateContainer + StartContainer until the container's first output
-//! line is in its CRI log, lazyvm against runc (the baseline), alternated in one run, on
-//! a private containerd in a network namespace of its own with a CNI bridge. Prints each
-//! sample, the medians and the ratio.
+//! line is in its CRI log, lazyvm against runc (the baseline) and against the floor of
+//! any VM (a bare boot of the same kernel under the same QEMU flags, `common::bare`),
+//! alternated in one run, on a private containerd in a network namespace of its own with
+//! a CNI bridge. Prints each sample, the medians and the ratios (issue 14's P1 for pods:
+//! lazyvm ÷ bare).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -11,6 +13,7 @@ mod cri;
 
 use std::time::{Duration, Instant};
 
+use common::bare::{bare_boot, bare_qemu};
 use cri::{CriEnv, LAZYVM, RUNC};
 
 const ROUNDS: usize = 5;
@@ -59,7 +62,16 @@ async fn main() {
     let env = CriEnv::start().await;
     let handlers = [LAZYVM, RUNC];
     let mut times: [Vec<Duration>; 2] = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bare_cmd = bare_qemu(tmp.path());
+    let mut bare = Vec::new();
     for round in 0..ROUNDS {
+        let took = bare_boot(&mut bare_cmd, &tmp.path().join("bare-console.log"));
+        println!(
+            "round {round} bare    {:>6.0} ms",
+            took.as_secs_f64() * 1000.0
+        );
+        bare.push(took);
         for (i, handler) in handlers.iter().enumerate() {
             let took = sample(&env, &format!("bench{round}{handler}"), handler).await;
             println!(
@@ -75,5 +87,11 @@ async fn main() {
         lazyvm.as_secs_f64() * 1000.0,
         runc.as_secs_f64() * 1000.0,
         lazyvm.as_secs_f64() / runc.as_secs_f64()
+    );
+    let bare = median(bare);
+    println!(
+        "median bare boot to QEMU's exit (same kernel and QEMU flags, init = reboot -f): {:.0} ms | P1 pod lazyvm/bare = {:.2} (goal ≤ 1.3)",
+        bare.as_secs_f64() * 1000.0,
+        lazyvm.as_secs_f64() / bare.as_secs_f64()
     );
 }

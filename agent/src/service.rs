@@ -329,7 +329,7 @@ impl AgentService {
         let ids: Vec<String> = self.lock_containers().keys().cloned().collect();
         let mut first_err = None;
         for id in ids {
-            if let Err(e) = self.remove_container(&id, true).await {
+            if let Err(e) = self.remove_container(&id, true, true).await {
                 log::warn!("destroy sandbox: removing {id}: {e}");
                 first_err.get_or_insert(e);
             }
@@ -444,17 +444,20 @@ impl AgentService {
         Ok(())
     }
 
-    async fn remove_container(&self, cid: &str, force: bool) -> Result<()> {
+    /// Removes a container: crun's state and cgroup, its mounts, its bundle. With
+    /// `vm_ends` (a DestroySandbox: the VM stops next), an exited container skips crun's
+    /// delete, whose state and cgroup go with the VM; its mounts still go, which flushes
+    /// what it wrote to the host.
+    async fn remove_container(&self, cid: &str, force: bool, vm_ends: bool) -> Result<()> {
         let c = self.container(cid)?;
         if c.init.exited().is_none() && !force {
             return Err(ServiceError::Precondition(format!(
                 "container {cid} is running (use force)"
             )));
         }
-        if !*c.deleted.lock().unwrap_or_else(|p| p.into_inner()) {
-            self.crun
-                .delete(cid, force || c.init.exited().is_none())
-                .await?;
+        let exited = c.init.exited().is_some();
+        if !(vm_ends && exited) && !*c.deleted.lock().unwrap_or_else(|p| p.into_inner()) {
+            self.crun.delete(cid, force || !exited).await?;
             *c.deleted.lock().unwrap_or_else(|p| p.into_inner()) = true;
         }
         c.init.discard_output();
@@ -726,7 +729,9 @@ impl Agent for Handler {
     ) -> ttrpc::Result<Empty> {
         log_err(
             "RemoveContainer",
-            self.0.remove_container(&r.container_id, r.force).await,
+            self.0
+                .remove_container(&r.container_id, r.force, false)
+                .await,
         )?;
         self.0.forget_removed_files(&r.container_id).await;
         Ok(empty())

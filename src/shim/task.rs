@@ -543,10 +543,14 @@ impl Task for TaskService {
                 format!("container {} is still running: kill it first", req.id),
             ));
         }
+        // The last container: the VM ends with it at containerd's Shutdown, which comes
+        // next, and DestroySandbox removes it in the guest then (with less to do there
+        // for an exited container than a RemoveContainer: no crun delete).
+        let last = state.containers.len() == 1;
         drop(state);
         // The guest first: if it cannot remove the container, Delete fails and the task
         // stays, so that containerd (or the kubelet) can retry.
-        if let Some(sandbox) = self.inner.pod.lock().await.as_mut() {
+        if let Some(sandbox) = self.inner.pod.lock().await.as_mut().filter(|_| !last) {
             match sandbox.remove_container(&req.id).await {
                 Ok(()) | Err(crate::sandbox::SandboxError::NoContainer(_)) => {}
                 Err(e) => {

@@ -2,6 +2,7 @@
 //! paths of the real components, and a log capture (to prove secrets never reach a log).
 #![allow(dead_code)]
 
+pub mod bare;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
