@@ -456,7 +456,9 @@ impl AgentService {
             )));
         }
         let exited = c.init.exited().is_some();
-        if !(vm_ends && exited) && !*c.deleted.lock().unwrap_or_else(|p| p.into_inner()) {
+        let crun_done = *c.deleted.lock().unwrap_or_else(|p| p.into_inner());
+        let crun_unneeded = crun_done || (vm_ends && exited);
+        if !crun_unneeded {
             self.crun.delete(cid, force || !exited).await?;
             *c.deleted.lock().unwrap_or_else(|p| p.into_inner()) = true;
         }
