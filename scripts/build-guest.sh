@@ -30,7 +30,7 @@ size() { echo "$(( ($(stat -c %s "$1") + 1023) / 1024 )) KiB"; }
 die() { echo "build-guest: $*" >&2; exit 1; }
 log() { echo "build-guest: $*"; }
 
-for tool in busybox xz gzip cpio apt-get dpkg; do
+for tool in busybox xz cpio apt-get dpkg; do
   command -v "$tool" >/dev/null || die "$tool is missing (run make deps)"
 done
 mkdir -p "$out" "$CACHE"

@@ -43,13 +43,11 @@ impl ReadySignal {
         Ok(ReadySignal { listener, path })
     }
 
-    /// Waits for the agent's signal (the connection itself; nothing is read from it).
+    /// Waits for the agent's signal (the connection itself; nothing is read from it). A
+    /// failed accept ends the wait too: the next attempt then comes at once, as after a
+    /// signal.
     async fn wait(&self) {
-        loop {
-            if self.listener.accept().await.is_ok() {
-                return;
-            }
-        }
+        let _ = self.listener.accept().await;
     }
 }
 

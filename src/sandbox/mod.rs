@@ -479,26 +479,11 @@ impl Sandbox {
         );
         let (nydusd, nydusd_ready) = nydusd;
         self.timings.nydusd_ready = nydusd_ready;
-        let err = match (nydusd, vsock) {
-            (Ok(n), Ok(v)) => {
-                self.nydusd = Some(n);
-                self.vsock = Some(v);
-                None
-            }
-            (Ok(n), Err(e)) => {
-                self.nydusd = Some(n);
-                Some(SandboxError::from(e))
-            }
-            (Err(e), Ok(v)) => {
-                self.vsock = Some(v);
-                Some(e.into())
-            }
-            (Err(e), Err(_)) => Some(e.into()),
-        };
+        let nydusd = nydusd.map(|n| self.nydusd = Some(n));
+        let vsock = vsock.map(|v| self.vsock = Some(v));
         self.record_pids();
-        if let Some(e) = err {
-            return Err(e);
-        }
+        nydusd?;
+        vsock?;
         if let Some(user) = &self.vm_user {
             for sock in [&files.vhost_fs, &files.vhost_vsock] {
                 confine::hand_over(sock, user).map_err(|source| SandboxError::Dir {
