@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Builds lazyvm's guest image into build/guest/ (called by `make guest`):
 #   vmlinux                    the minimal kernel (scripts/build-kernel.sh, cached)
-#   initramfs.cpio             /init = static lazyvm-agent, crun (trixie) + its libraries
+#   initramfs.cpio             /init = static lazyvm-agent, static crun (built from trixie's
+#                              source by scripts/build-crun.sh)
 #   vmlinux-debian             Debian's kernel, uncompressed (fast PVH boots under TCG)
 #   initramfs-debian.cpio      the same plus the modules Debian's kernel needs
 # Debian's kernel package is fetched with `apt-get download`, unpacked with `dpkg -x`
 # (never installed) and cached in $LAZYVM_CACHE/debian-kernel-<package>-<version>-<modules hash>/.
 # Environment: LAZYVM_CACHE (default /var/cache/lazyvm), LAZYVM_GUEST_BUSYBOX=1 to add
 # busybox (for debugging: the agent needs none of it, and every MiB is unpacked at each
-# boot), LAZYVM_GUEST_KERNELS="minimal debian" (either or both).
+# boot), LAZYVM_GUEST_KERNELS="minimal debian" (either or both), LAZYVM_GUEST_CRUN=debian
+# for Debian's dynamically linked crun binary instead of the static build.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,8 +20,10 @@ CACHE=${LAZYVM_CACHE:-/var/cache/lazyvm}
 KERNELS=${LAZYVM_GUEST_KERNELS:-minimal debian}
 TARGET=x86_64-unknown-linux-gnu
 # The guest's OCI runtime: crun from Debian trixie (runtime-spec 1.2, which containerd
-# 1.7 and 2.x write; bookworm's 1.8 refuses it), with trixie's libraries, glibc and its
-# loader included (it needs glibc 2.38). Cached in $LAZYVM_CACHE/guest-crun-trixie-<version>/.
+# 1.7 and 2.x write; bookworm's 1.8 refuses it). By default built static from trixie's
+# source (scripts/build-crun.sh). Should that build fail, or with LAZYVM_GUEST_CRUN=debian,
+# trixie's binary package with its libraries, glibc and its loader (it needs glibc 2.38),
+# cached in $LAZYVM_CACHE/guest-crun-trixie-<version>/.
 CRUN_SUITE=trixie
 CRUN_PACKAGES=(crun libc6 libcap2 libseccomp2 libsystemd0 libyajl2)
 # Modules Debian's kernel needs (their dependencies are added).
@@ -36,20 +40,27 @@ done
 mkdir -p "$out" "$CACHE"
 rm -f "$out"/initramfs*.cpio.gz   # the gzip'd images of earlier versions
 
-# ---- crun and its libraries from trixie ----
-crun_ver=$("$here/debian-suite.sh" version "$CRUN_SUITE" crun)
-crun_root="$CACHE/guest-crun-$CRUN_SUITE-$crun_ver"
-exec 7>"$crun_root.lock"
-flock 7
-if [ ! -x "$crun_root/usr/bin/crun" ]; then
-  log "fetching crun $crun_ver and its libraries from $CRUN_SUITE"
-  "$here/debian-suite.sh" unpack "$CRUN_SUITE" "$crun_root" "${CRUN_PACKAGES[@]}"
+# ---- crun: static from trixie's source, else trixie's binary and its libraries ----
+crun_static=
+if [ "${LAZYVM_GUEST_CRUN:-static}" != debian ]; then
+  crun_static=$("$here/build-crun.sh") \
+    || log "WARNING: building a static crun failed; using Debian's dynamic crun (slower starts)"
 fi
-flock -u 7
-crun_libdir="$crun_root/usr/lib/x86_64-linux-gnu"
-crun_ldso="$crun_libdir/ld-linux-x86-64.so.2"
-"$crun_ldso" --library-path "$crun_libdir" "$crun_root/usr/bin/crun" --version >/dev/null \
-  || die "crun $crun_ver from $CRUN_SUITE does not run"
+if [ -z "$crun_static" ]; then
+  crun_ver=$("$here/debian-suite.sh" version "$CRUN_SUITE" crun)
+  crun_root="$CACHE/guest-crun-$CRUN_SUITE-$crun_ver"
+  exec 7>"$crun_root.lock"
+  flock 7
+  if [ ! -x "$crun_root/usr/bin/crun" ]; then
+    log "fetching crun $crun_ver and its libraries from $CRUN_SUITE"
+    "$here/debian-suite.sh" unpack "$CRUN_SUITE" "$crun_root" "${CRUN_PACKAGES[@]}"
+  fi
+  flock -u 7
+  crun_libdir="$crun_root/usr/lib/x86_64-linux-gnu"
+  crun_ldso="$crun_libdir/ld-linux-x86-64.so.2"
+  "$crun_ldso" --library-path "$crun_libdir" "$crun_root/usr/bin/crun" --version >/dev/null \
+    || die "crun $crun_ver from $CRUN_SUITE does not run"
+fi
 
 # ---- the agent, static (glibc: no musl target here) ----
 log "building lazyvm-agent (static)"
@@ -68,19 +79,24 @@ install -m 0755 "$agent" "$base/init"
 strip "$base/init" 2>/dev/null || true
 mknod -m 0600 "$base/dev/console" c 5 1
 mknod -m 0666 "$base/dev/null" c 1 3
-install -m 0755 "$crun_root/usr/bin/crun" "$base/usr/bin/crun"
-# crun's shared libraries (as trixie's loader resolves them), at the paths the guest's
-# loader looks for them; its loader at the path crun names.
-libs=$("$crun_ldso" --library-path "$crun_libdir" --list "$crun_root/usr/bin/crun")
-if grep -q "not found" <<<"$libs"; then die "crun's libraries are incomplete: $libs"; fi
-mkdir -p "$base/usr/lib/x86_64-linux-gnu"
-awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' <<<"$libs" | while read -r name path; do
-  case "$name" in
-    /*) mkdir -p "$base$(dirname "$name")"; cp -L "$path" "$base$name" ;;
-    *) cp -L "$path" "$base/usr/lib/x86_64-linux-gnu/$name" ;;
-  esac
-done
-log "crun $crun_ver ($CRUN_SUITE) with $(awk '$2 == "=>"' <<<"$libs" | wc -l) libraries"
+if [ -n "$crun_static" ]; then
+  install -m 0755 "$crun_static" "$base/usr/bin/crun"
+  log "crun: static, $(size "$crun_static")"
+else
+  install -m 0755 "$crun_root/usr/bin/crun" "$base/usr/bin/crun"
+  # crun's shared libraries (as trixie's loader resolves them), at the paths the guest's
+  # loader looks for them; its loader at the path crun names.
+  libs=$("$crun_ldso" --library-path "$crun_libdir" --list "$crun_root/usr/bin/crun")
+  if grep -q "not found" <<<"$libs"; then die "crun's libraries are incomplete: $libs"; fi
+  mkdir -p "$base/usr/lib/x86_64-linux-gnu"
+  awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' <<<"$libs" | while read -r name path; do
+    case "$name" in
+      /*) mkdir -p "$base$(dirname "$name")"; cp -L "$path" "$base$name" ;;
+      *) cp -L "$path" "$base/usr/lib/x86_64-linux-gnu/$name" ;;
+    esac
+  done
+  log "crun $crun_ver ($CRUN_SUITE) with $(awk '$2 == "=>"' <<<"$libs" | wc -l) libraries"
+fi
 if [ "${LAZYVM_GUEST_BUSYBOX:-0}" != 0 ]; then
   install -m 0755 "$(command -v busybox)" "$base/bin/busybox"
   for a in sh ls cat mount umount ps dmesg ip; do ln -sf busybox "$base/bin/$a"; done

@@ -7,6 +7,9 @@
 #   debian-suite.sh unpack SUITE DEST PKG...   unpacks the suite's newest PKGs into DEST
 #                                              (atomically: DEST appears complete or not
 #                                              at all); DEST/.versions lists what it holds
+#   debian-suite.sh source SUITE DEST SRCPKG   downloads the upstream tarball of the suite's
+#                                              SRCPKG into DEST (apt checks its hash) and
+#                                              prints its path
 #
 # The lists are fetched once and refreshed when a download fails (a version superseded
 # by a point release) or when they are older than a week.
@@ -15,7 +18,7 @@ set -euo pipefail
 CACHE=${LAZYVM_CACHE:-/var/cache/lazyvm}
 die() { echo "debian-suite: $*" >&2; exit 1; }
 
-[ $# -ge 3 ] || die "usage: $0 version SUITE PKG | unpack SUITE DEST PKG..."
+[ $# -ge 3 ] || die "usage: $0 version SUITE PKG | unpack SUITE DEST PKG... | source SUITE DEST SRCPKG"
 cmd=$1 suite=$2
 shift 2
 case "$suite" in
@@ -23,10 +26,12 @@ case "$suite" in
   *) die "unknown suite $suite" ;;
 esac
 
-apt_dir="$CACHE/apt-$suite"
+# Source packages have lists of their own, so the binary lists stay as small as they were.
+kind=deb apt_dir="$CACHE/apt-$suite"
+if [ "$cmd" = source ]; then kind=deb-src apt_dir="$CACHE/apt-$suite-src"; fi
 mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/dl"
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-echo "deb [signed-by=$keyring] http://deb.debian.org/debian $suite main" >"$apt_dir/sources.list"
+echo "$kind [signed-by=$keyring] http://deb.debian.org/debian $suite main" >"$apt_dir/sources.list"
 opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
       -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
       -o Dir::State::status=/dev/null -o APT::Sandbox::User=root -q)
@@ -73,5 +78,22 @@ case "$cmd" in
     rm -rf "$dest"
     mv "$work/root" "$dest"
     rm -rf "$work" ;;
+  source)
+    dest=$1 pkg=$2
+    mkdir -p "$dest"
+    # Only the upstream tarball is needed (the build is lazyvm's own, not Debian's), so
+    # a missing Debian patch set or signature does not matter; apt checks the hash of
+    # each file it fetches against the signed lists.
+    fetch_orig() {
+      (cd "$dest" && apt-get "${opts[@]}" source --download-only "$pkg" >/dev/null 2>&1) || true
+      compgen -G "$dest/${pkg}_*.orig.tar.*" | grep -v '\.asc$' | head -n 1
+    }
+    tarball=$(fetch_orig)
+    if [ -z "$tarball" ]; then
+      refresh
+      tarball=$(fetch_orig)
+    fi
+    [ -n "$tarball" ] || die "could not fetch the source of $pkg ($suite)"
+    echo "$tarball" ;;
   *) die "unknown command $cmd" ;;
 esac

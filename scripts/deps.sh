@@ -10,6 +10,8 @@ PACKAGES=(
   containernetworking-plugins
   # guest image
   busybox-static cpio linux-source-6.1 flex bison bc libelf-dev xz-utils
+  # building the guest's static crun (scripts/build-crun.sh)
+  gcc make python3 file
   # building nydus, the agent protocol
   cmake pkg-config libssl-dev protobuf-compiler
   # registry for the lazy-pull tests (run by the tests in their own netns)

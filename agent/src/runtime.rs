@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,17 +133,6 @@ impl Crun {
                     .stdout(Stdio::null())
                     .stderr(Stdio::null());
             }
-        }
-        // crun runs with a fixed address layout, so that under TCG its code translated
-        // by one call is reused by the next; the spec's personality gives the container
-        // its randomisation back (see spec::rewrite_spec).
-        // SAFETY: personality(2) is async-signal-safe and touches no memory.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::personality::set(nix::sys::personality::Persona::ADDR_NO_RANDOMIZE)
-                    .map(drop)
-                    .map_err(std::io::Error::from)
-            });
         }
         log::debug!("crun {}", args.join(" "));
         let since = std::time::Instant::now();

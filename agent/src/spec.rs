@@ -386,12 +386,6 @@ pub fn rewrite_spec(raw: &[u8], cid: &str, rootfs: &str) -> Result<ContainerSpec
     let linux = object(spec, "linux", W)?;
     linux.insert("cgroupsPath".to_owned(), Value::String(cgroup_path(cid)));
     linux.remove("mountLabel");
-    // The agent runs crun without address-space randomisation (runtime::Crun::run);
-    // crun's personality(2) call before it execs the container's process (and every
-    // exec's) turns randomisation back on. A spec's own personality does the same.
-    linux
-        .entry("personality")
-        .or_insert_with(|| serde_json::json!({"domain": "LINUX"}));
     let ns = rewrite_namespaces(linux)?;
     let vm_sysctls = split_sysctls(linux, ns.private_network)?;
     if ns.joined.contains(&SandboxNamespace::Uts) {
@@ -485,15 +479,6 @@ mod tests {
         assert!(j.get("hooks").is_none());
         assert!(j["process"].get("apparmorProfile").is_none());
         assert_eq!(j["process"]["env"][0], "A=1");
-    }
-
-    #[test]
-    fn sets_a_personality_unless_the_spec_has_one() {
-        let out = rewrite(json!({})).unwrap();
-        assert_eq!(out.json["linux"]["personality"], json!({"domain": "LINUX"}));
-        let own = json!({"domain": "LINUX32", "flags": []});
-        let out = rewrite(json!({ "personality": own.clone() })).unwrap();
-        assert_eq!(out.json["linux"]["personality"], own);
     }
 
     #[test]

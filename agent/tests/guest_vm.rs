@@ -439,9 +439,9 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
             .run("ns", spec(&["sh", "-c", "echo $$ $(hostname); echo oops >&2"], false, "ctr-host"))
             .await?;
         assert_eq!((code, out.as_str()), (0, "1 ctr-host\n"));
-        // crun runs without address-space randomisation (so TCG reuses its translated
-        // code); the container's process gets it back through the personality the agent
-        // puts in the spec. 00000000 is PER_LINUX without ADDR_NO_RANDOMIZE (0x0040000).
+        // The container's process runs with address-space randomisation (the guest's
+        // static crun is at a fixed address, but none of that reaches the container):
+        // 00000000 is PER_LINUX without ADDR_NO_RANDOMIZE (0x0040000).
         let (code, out, _) = agent
             .run("aslr", spec(&["cat", "/proc/self/personality"], false, "c"))
             .await?;
@@ -628,7 +628,7 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
                 .and_then(|n| n.trim().parse::<u32>().ok())
                 .ok_or_else(|| BoxError::from(format!("no thread count in {status:?}")))
         };
-        // An exec's process gets its randomisation back too.
+        // So does an exec's process.
         let personality = agent.exec_output("probe", "aslr", "cat /proc/self/personality").await?;
         assert_eq!(personality, "00000000\n");
         let before = threads().await?;
