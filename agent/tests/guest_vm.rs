@@ -446,6 +446,19 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
             .run("aslr", spec(&["cat", "/proc/self/personality"], false, "c"))
             .await?;
         assert_eq!((code, out.as_str()), (0, "00000000\n"));
+        // The guest's crun enforces a seccomp filter (its static build links libseccomp):
+        // one that fails chdir makes `cd` fail in the container, and only there.
+        let cd = ["sh", "-c", "cd /tmp && echo moved || echo denied"];
+        let filtered = String::from_utf8(spec(&cd, false, "c"))?.replace(
+            r#""linux": {"#,
+            r#""linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "syscalls": [{"names": ["chdir"], "action": "SCMP_ACT_ERRNO"}]},"#,
+        );
+        let (code, out, _) = agent.run("seccomp", filtered.into_bytes()).await?;
+        assert_eq!((code, out.as_str()), (0, "denied\n"));
+        let (code, out, _) = agent.run("no-seccomp", spec(&cd, false, "c")).await?;
+        assert_eq!((code, out.as_str()), (0, "moved\n"));
 
         // An overlay rootfs as DESIGN.md's guest contract has it (lower and upper on the
         // share): a file written on the host is visible, writes land in snapshotdir/fs.
