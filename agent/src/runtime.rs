@@ -265,7 +265,7 @@ impl Crun {
     /// which the agent's specs have.) An exec of crun costs tens of milliseconds under
     /// TCG; this costs three syscalls.
     pub async fn start(&self, cid: &str) -> Result<(), RuntimeError> {
-        let fifo = self.root.join(cid).join("exec.fifo");
+        let fifo = self.exec_fifo(cid);
         let failed = |msg: String| RuntimeError::Io {
             op: "start".to_owned(),
             msg,
@@ -292,6 +292,11 @@ impl Crun {
         (&file)
             .write_all(&[0])
             .map_err(|e| failed(format!("writing to {}: {e}", fifo.display())))
+    }
+
+    /// The fifo a created container's init waits on, in crun's state directory.
+    fn exec_fifo(&self, cid: &str) -> PathBuf {
+        self.root.join(cid).join("exec.fifo")
     }
 
     /// `crun kill [--all] <cid> <signal>`.
@@ -379,46 +384,46 @@ mod tests {
         )
     }
 
-    fn make_fifo(path: &Path) {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    /// A container `cid` as crun create leaves it: its exec fifo (whose path it returns)
+    /// with no reader yet.
+    fn created(crun: &Crun, cid: &str) -> PathBuf {
+        let fifo = crun.exec_fifo(cid);
+        std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        fifo
+    }
+
+    async fn start_error(crun: &Crun, cid: &str) -> String {
+        crun.start(cid).await.unwrap_err().to_string()
     }
 
     #[tokio::test]
     async fn start_writes_one_byte_to_the_waiting_init_and_removes_the_fifo() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("c1/exec.fifo");
-        make_fifo(&fifo);
+        let crun = crun_in(dir.path());
+        let fifo = created(&crun, "c1");
         // The waiting init's end, as crun create leaves it.
         let mut init = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo)
             .unwrap();
-        crun_in(dir.path()).start("c1").await.unwrap();
+        crun.start("c1").await.unwrap();
         assert!(!fifo.exists(), "crun's state must say running");
         let mut got = Vec::new();
         init.read_to_end(&mut got).unwrap();
         assert_eq!(got, [0]);
         // A second start finds no fifo.
-        let e = crun_in(dir.path())
-            .start("c1")
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = start_error(&crun, "c1").await;
         assert!(e.contains("c1 is not waiting to start"), "{e}");
     }
 
     #[tokio::test]
     async fn start_fails_at_once_when_the_init_is_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("c2/exec.fifo");
-        make_fifo(&fifo);
-        let e = crun_in(dir.path())
-            .start("c2")
-            .await
-            .unwrap_err()
-            .to_string();
+        let crun = crun_in(dir.path());
+        let fifo = created(&crun, "c2");
+        let e = start_error(&crun, "c2").await;
         assert!(e.contains("its init process is gone"), "{e}");
         assert!(fifo.exists(), "a failed start changes nothing");
     }

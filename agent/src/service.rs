@@ -456,9 +456,9 @@ impl AgentService {
             )));
         }
         let exited = c.init.exited().is_some();
-        let crun_done = *c.deleted.lock().unwrap_or_else(|p| p.into_inner());
-        let crun_unneeded = crun_done || (vm_ends && exited);
-        if !crun_unneeded {
+        let deleted = *c.deleted.lock().unwrap_or_else(|p| p.into_inner());
+        // crun delete is needed unless done already, or the VM ends with an exited container.
+        if !(deleted || (vm_ends && exited)) {
             self.crun.delete(cid, force || !exited).await?;
             *c.deleted.lock().unwrap_or_else(|p| p.into_inner()) = true;
         }
