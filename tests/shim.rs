@@ -458,7 +458,10 @@ fn containerd_restarts_under_running_containers() {
         let uri = format!("file://{}", log.display());
         let ticker = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.5; done";
         env.run_detached_with(&["--log-uri", &uri], &a, &["sh", "-c", ticker]);
-        env.run_detached_with(&[], &b, &["sh", "-c", "sleep 2; exit 7"]);
+        // b exits 4 s after its start: about 3 s after containerd is told to stop and 3 s
+        // before it is back, so its exit is published while containerd is surely down
+        // (with 2 s, a slow shutdown could still take the event).
+        env.run_detached_with(&[], &b, &["sh", "-c", "sleep 4; exit 7"]);
         let ticks = || {
             std::fs::read_to_string(&log)
                 .unwrap_or_default()
