@@ -39,9 +39,10 @@ fn main() {
         Kernel {
             name: "minimal",
             config: format!(
-                "[hypervisor]\naccel = \"tcg\"\nmachine = \"microvm\"\nkernel = {:?}\ninitramfs = {:?}\n",
+                "[hypervisor]\naccel = \"tcg\"\nmachine = \"microvm\"\nkernel = {:?}\ninitramfs = {:?}\nkernel_params = {:?}\n",
                 guest.join("vmlinux"),
-                guest.join("initramfs.cpio")
+                guest.join("initramfs.cpio"),
+                common::test_kernel_params()
             ),
         },
         Kernel {

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds lazyvm's minimal guest kernel (an uncompressed PVH `vmlinux`) from Debian's
-# linux-source-6.1 and deploy/guest/kernel-config.fragment:
-#   tinyconfig (ARCH=x86_64) -> fragment via scripts/config -> olddefconfig
-#   -> every fragment line checked against .config -> make vmlinux.
+# linux-source-6.1, the patches in deploy/guest/kernel-patches/ and
+# deploy/guest/kernel-config.fragment:
+#   patches (in name order, patch -p1) -> tinyconfig (ARCH=x86_64) -> fragment via
+#   scripts/config -> olddefconfig -> every fragment line checked against .config
+#   -> make vmlinux.
 # The result is cached outside the checkout, keyed by the source package version and the
-# fragment's hash:  $LAZYVM_CACHE/kernel-<version>-<sha256:12>/vmlinux  (a cached build is
-# skipped). About 10 minutes on 2 cores.
+# hash of the fragment and the patches:  $LAZYVM_CACHE/kernel-<version>-<sha256:12>/vmlinux
+# (a cached build is skipped). About 10 minutes on 2 cores.
 #
 # Usage: scripts/build-kernel.sh [OUT]   -- OUT (optional): where to copy vmlinux.
 # Prints the cached vmlinux path on its last line.
@@ -14,6 +16,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 FRAGMENT="$repo/deploy/guest/kernel-config.fragment"
+PATCHES="$repo/deploy/guest/kernel-patches"
 SRC_PKG=linux-source-6.1
 SRC_TAR=/usr/src/linux-source-6.1.tar.xz
 CACHE=${LAZYVM_CACHE:-/var/cache/lazyvm}
@@ -24,7 +27,17 @@ die() { echo "build-kernel: $*" >&2; exit 1; }
 [ -f "$FRAGMENT" ] || die "fragment $FRAGMENT is missing"
 [ -f "$SRC_TAR" ] || die "$SRC_TAR is missing (apt-get install $SRC_PKG, or run make deps)"
 version=$(dpkg-query -W -f='${Version}' "$SRC_PKG" 2>/dev/null) || die "$SRC_PKG is not installed"
-hash=$(sha256sum "$FRAGMENT" | cut -c1-12)
+patches=()
+if [ -d "$PATCHES" ]; then
+  while IFS= read -r p; do patches+=("$p"); done < <(find "$PATCHES" -maxdepth 1 -name '*.patch' | LC_ALL=C sort)
+fi
+# The key: the fragment, then each patch's name and content (a fragment-only build keeps
+# its old key).
+if [ ${#patches[@]} -eq 0 ]; then
+  hash=$(sha256sum "$FRAGMENT" | cut -c1-12)
+else
+  hash=$( { cat "$FRAGMENT"; for p in "${patches[@]}"; do basename "$p"; cat "$p"; done; } | sha256sum | cut -c1-12)
+fi
 dest="$CACHE/kernel-$version-$hash"
 
 mkdir -p "$CACHE"
@@ -45,6 +58,10 @@ if [ ! -f "$dest/vmlinux" ]; then
   tar -C "$work" -xf "$SRC_TAR"
   src="$work/linux-source-6.1"
   [ -d "$src" ] || die "unexpected layout of $SRC_TAR (no linux-source-6.1/)"
+  for p in ${patches[@]+"${patches[@]}"}; do
+    echo "build-kernel: applying $(basename "$p")"
+    patch -s -p1 -d "$src" < "$p" || die "$(basename "$p") does not apply to $version"
+  done
 
   mk() { make -C "$src" ARCH=x86_64 "$@"; }
   mk -s tinyconfig
@@ -109,6 +126,7 @@ if [ ! -f "$dest/vmlinux" ]; then
   cp "$src/vmlinux" "$work/out/vmlinux"
   cp "$src/.config" "$work/out/config"
   cp "$FRAGMENT" "$work/out/kernel-config.fragment"
+  for p in ${patches[@]+"${patches[@]}"}; do cp "$p" "$work/out/"; done
   rm -rf "$dest"
   mv "$work/out" "$dest"
   rm -rf "$work"

@@ -9,7 +9,7 @@ PACKAGES=(
   # CRI pod networking in the tests (bridge, host-local, loopback in /usr/lib/cni)
   containernetworking-plugins
   # guest image
-  busybox-static cpio linux-source-6.1 flex bison bc libelf-dev xz-utils
+  busybox-static cpio linux-source-6.1 flex bison bc libelf-dev xz-utils patch
   # building the guest's static crun (scripts/build-crun.sh)
   gcc make python3 file
   # building nydus, the agent protocol

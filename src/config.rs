@@ -14,7 +14,7 @@
 //! max_memory_mib = 0                  # most a pod may ask for; 0: the host's memory
 //! kernel = "/usr/local/share/lazyvm/vmlinux"
 //! initramfs = "/usr/local/share/lazyvm/initramfs.cpio"
-//! kernel_params = []
+//! kernel_params = []                # appended; "lapic_bus_khz=0": calibrate the APIC timer (TCG)
 //! # tsc_khz = 2000000                 # microvm only; read from the host when unset
 //! [nydusd]
 //! path = "/usr/local/bin/nydusd"

@@ -644,6 +644,17 @@ async fn boot_and_run(kernel: Kernel) -> Result<(), BoxError> {
         // So does an exec's process.
         let personality = agent.exec_output("probe", "aslr", "cat /proc/self/personality").await?;
         assert_eq!(personality, "00000000\n");
+        // The guest's timers keep host time: a second's sleep takes a second on the host
+        // (the minimal kernel takes the APIC timer's clock from `lapic_bus_khz=` instead
+        // of calibrating it, and a wrong clock would stretch every sleep).
+        let t = Instant::now();
+        let slept = agent.exec_output("probe", "timer", "sleep 1; echo slept").await?;
+        let took = t.elapsed();
+        assert_eq!(slept, "slept\n");
+        assert!(
+            took >= Duration::from_millis(1000) && took < Duration::from_millis(1900),
+            "sleep 1 in the guest took {took:?} of host time"
+        );
         let before = threads().await?;
         for i in 0..3 {
             let id = format!("bg{i}");

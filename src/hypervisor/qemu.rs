@@ -25,6 +25,12 @@ const CONSOLE_TAIL_BYTES: u64 = 4096;
 /// TCG with one host thread per vCPU and a 256 MiB translation cache (QEMU's default of
 /// 1 GiB would be resident in every VM after a while).
 const TCG_ACCEL: &str = "tcg,thread=multi,tb-size=256";
+/// The clock of QEMU's emulated local APIC timer (1 GHz), for the guest kernel's
+/// `lapic_bus_khz=` (deploy/guest/kernel-patches): it skips calibrating the timer, which
+/// took 100-170 ms of every boot under TCG. KVM's CPUs have the TSC deadline timer and
+/// never calibrate; a kernel without the patch ignores the parameter. A `lapic_bus_khz=`
+/// in the configured kernel parameters replaces this one (`lapic_bus_khz=0`: calibrate).
+const QEMU_APIC_BUS_KHZ: u64 = 1_000_000;
 
 /// How QEMU runs guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +179,13 @@ impl QemuConfig {
         }
         if let Some(khz) = tsc_khz {
             params.push(format!("tsc_early_khz={khz}"));
+        }
+        let own_lapic = self
+            .kernel_params
+            .iter()
+            .any(|p| p.starts_with("lapic_bus_khz="));
+        if self.accel == Accel::Tcg && !own_lapic {
+            params.push(format!("lapic_bus_khz={QEMU_APIC_BUS_KHZ}"));
         }
         params.extend(self.kernel_params.iter().cloned());
         params.join(" ")
@@ -493,10 +506,21 @@ mod tests {
         );
         let cmdline = after(&a, "-append")[0];
         assert!(cmdline.contains("tsc_early_khz=1996249"), "{cmdline}");
+        assert!(cmdline.contains("lapic_bus_khz=1000000"), "{cmdline}");
         assert!(cmdline.contains("panic=-1") && cmdline.contains("quiet"));
         assert!(cmdline.ends_with("lazyvm.debug=1"), "{cmdline}");
         assert!(a.contains(&"-no-reboot".to_string()));
         assert_eq!(after(&a, "-sandbox"), [SECCOMP]);
+    }
+
+    #[test]
+    fn configured_lapic_bus_khz_replaces_qemus() {
+        let mut c = config();
+        c.kernel_params = vec!["lapic_bus_khz=0".into()];
+        let a = args(&c, None);
+        let cmdline = after(&a, "-append")[0];
+        assert_eq!(cmdline.matches("lapic_bus_khz=").count(), 1, "{cmdline}");
+        assert!(cmdline.ends_with("lapic_bus_khz=0"), "{cmdline}");
     }
 
     #[test]
@@ -527,6 +551,7 @@ mod tests {
         assert_eq!(after(&a, "-cpu"), ["host"]);
         let cmdline = after(&a, "-append")[0];
         assert!(!cmdline.contains("tsc_early_khz") && !cmdline.contains("quiet"));
+        assert!(!cmdline.contains("lapic_bus_khz"), "{cmdline}");
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use crate::process::{OnExit, ProcessError, Supervised};
 /// Longest path a unix socket can be bound at (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 /// How often readiness is polled.
-const READY_POLL: Duration = Duration::from_millis(10);
+const READY_POLL: Duration = Duration::from_millis(2);
 /// How long one readiness probe may take.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a virtio-fs nydusd gets to exit on SIGTERM before its socket is poked.

@@ -40,6 +40,7 @@ pub fn bare_qemu(dir: &Path) -> Command {
     ))
     .unwrap();
     let mut q = config.qemu();
+    q.kernel_params = super::test_kernel_params();
     q.kernel_params
         .extend(["rdinit=/bin/reboot", "--", "-f"].map(String::from));
     let files = VmFiles {

@@ -287,14 +287,28 @@ pub fn guest_dir() -> PathBuf {
     dir
 }
 
-/// Writes a lazyvm configuration using the guest image in `guest` under TCG.
+/// Extra guest kernel parameters for the tests and benches: `$LAZYVM_TEST_APPEND`
+/// (space-separated; e.g. `lapic_bus_khz=0` to measure boots that calibrate the APIC
+/// timer).
+pub fn test_kernel_params() -> Vec<String> {
+    std::env::var("LAZYVM_TEST_APPEND")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Writes a lazyvm configuration using the guest image in `guest` under TCG, with the
+/// kernel parameters of [`test_kernel_params`].
 pub fn write_config(path: &Path, guest: &Path) {
+    let params = test_kernel_params();
     std::fs::write(
         path,
         format!(
-            "[hypervisor]\naccel = \"tcg\"\nkernel = {:?}\ninitramfs = {:?}\n",
+            "[hypervisor]\naccel = \"tcg\"\nkernel = {:?}\ninitramfs = {:?}\nkernel_params = {:?}\n",
             guest.join("vmlinux"),
-            guest.join("initramfs.cpio")
+            guest.join("initramfs.cpio"),
+            params
         ),
     )
     .unwrap();
