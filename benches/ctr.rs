@@ -86,6 +86,12 @@ fn main() {
         .collect();
     assert_eq!(teardowns.len(), ROUNDS, "teardown lines in the shim's log");
     let teardown = median(teardowns);
+    let phases = common::timings::parse(&log);
+    assert_eq!(phases.len(), ROUNDS, "timing lines in the shim's log");
+    println!(
+        "median shim phases of lazyvm (nydusd ready, VM boot to agent, sandbox ready, container create, start): {}",
+        common::timings::medians(&phases)
+    );
     println!(
         "median lazyvm teardown (last Delete's Shutdown → every helper gone): {:.0} ms (goal ≤ 300 ms)",
         teardown.as_secs_f64() * 1000.0

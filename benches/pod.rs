@@ -81,6 +81,24 @@ async fn main() {
             times[i].push(took);
         }
     }
+    // The sandbox (pause) container's line has the VM's phases; the app's has its own.
+    let log = std::fs::read_to_string(env.log_path()).unwrap_or_default();
+    let (pause, app): (Vec<_>, Vec<_>) = common::timings::parse(&log)
+        .into_iter()
+        .partition(|p| p.contains_key("vm_boot_ms"));
+    assert_eq!(
+        (pause.len(), app.len()),
+        (ROUNDS, ROUNDS),
+        "timing lines in the shim's log"
+    );
+    println!(
+        "median shim phases of lazyvm, RunPodSandbox (nydusd ready, VM boot to agent, sandbox ready, pause create, start): {}",
+        common::timings::medians(&pause)
+    );
+    println!(
+        "median shim phases of lazyvm, StartContainer (app create, start): {}",
+        common::timings::medians(&app)
+    );
     let [lazyvm, runc] = times.map(median);
     println!(
         "\nmedian CRI pod start (RunPodSandbox + CreateContainer + StartContainer to the first output line) over {ROUNDS} rounds: lazyvm {:.0} ms | runc {:.0} ms | lazyvm/runc = {:.1}",

@@ -4,6 +4,7 @@
 
 pub mod bare;
 pub mod registry;
+pub mod timings;
 
 use std::path::{Path, PathBuf};
 
