@@ -75,15 +75,8 @@ fn main() {
             times[i].push(took);
         }
     }
-    // The shim logs each sandbox's teardown (from the Shutdown after the last Delete to
-    // every helper gone and the directory removed).
     let log = std::fs::read_to_string(containerd.dir.join("containerd.log")).unwrap_or_default();
-    let teardowns: Vec<Duration> = log
-        .lines()
-        .filter_map(|l| l.split(" torn down in ").nth(1))
-        .filter_map(|rest| rest.split(' ').next()?.parse::<f64>().ok())
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .collect();
+    let teardowns = common::timings::teardowns(&log);
     assert_eq!(teardowns.len(), ROUNDS, "teardown lines in the shim's log");
     let teardown = median(teardowns);
     let phases = common::timings::parse(&log);

@@ -1,8 +1,9 @@
-//! The shim's start-up phases, from its `lazyvm timings <cid>: key=value…` lines in
-//! containerd's log (one per container; see `log_timings` in src/shim/task.rs), for the
-//! benches' breakdown of where a start's time goes.
+//! The shim's own timings in containerd's log, for the benches: the start-up phases of
+//! its `lazyvm timings <cid>: key=value…` lines (one per container; see `log_timings` in
+//! src/shim/task.rs) and each sandbox's teardown.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// One container's phases: name (`vm_boot_ms`, `sandbox_ms`, `create_ms`, …) →
 /// milliseconds.
@@ -48,4 +49,14 @@ pub fn medians(runs: &[Phases]) -> String {
         ));
     }
     out.join(" | ")
+}
+
+/// Every sandbox teardown the shim logged (`sandbox <id> torn down in <ms> ms …`: from
+/// the Shutdown after the last Delete to every helper gone and the directory removed).
+pub fn teardowns(log: &str) -> Vec<Duration> {
+    log.lines()
+        .filter_map(|l| l.split(" torn down in ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<f64>().ok())
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .collect()
 }
