@@ -3,12 +3,16 @@
 //! kernel under the same QEMU flags (machine, accelerator, memory, seccomp, kernel command
 //! line) to a one-line init that reboots (QEMU exits: `-no-reboot`), without the helpers'
 //! devices. Alternated in one run; prints the medians, the ratios (issue 14's P1:
-//! lazyvm ÷ bare) and the shim's teardown time.
+//! lazyvm ÷ bare) and the shim's teardown time. A third sample, lazyvm-c, runs through a
+//! second containerd whose shims take a booted VM from a `lazyvm cache` (the cache is
+//! full before each of its runs: the boot happened between two containers).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/common/containerd.rs"]
 mod containerd;
+#[path = "../tests/common/vmcache.rs"]
+mod vmcache;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -38,8 +42,24 @@ fn main() {
         .ctr(&["images", "import", archive.to_str().unwrap()])
         .status
         .success());
-    let runtimes = [("lazyvm", RUNTIME), ("runc", "io.containerd.runc.v2")];
-    let mut times: [Vec<Duration>; 2] = Default::default();
+    let cached_dir = tmp.path().join("cached");
+    std::fs::create_dir_all(&cached_dir).unwrap();
+    let cached_config = cached_dir.join("lazyvm.toml");
+    let socket = cached_dir.join("cache.sock");
+    std::fs::copy(&config, &cached_config).unwrap();
+    vmcache::name_socket(&cached_config, &socket);
+    let cache = vmcache::Cache::start(&cached_config, &socket, &cached_dir.join("cache.log"));
+    let cached = Containerd::start(&cached_dir, &cached_config, shim_dir);
+    assert!(cached
+        .ctr(&["images", "import", archive.to_str().unwrap()])
+        .status
+        .success());
+    let runtimes = [
+        ("lazyvm", RUNTIME, &containerd),
+        ("runc", "io.containerd.runc.v2", &containerd),
+        ("lazyvm-c", RUNTIME, &cached),
+    ];
+    let mut times: [Vec<Duration>; 3] = Default::default();
     let mut bare_cmd = bare_qemu(tmp.path());
     let mut bare = Vec::new();
     for round in 0..ROUNDS {
@@ -49,7 +69,10 @@ fn main() {
             took.as_secs_f64() * 1000.0
         );
         bare.push(took);
-        for (i, (name, runtime)) in runtimes.iter().enumerate() {
+        for (i, (name, runtime, containerd)) in runtimes.iter().enumerate() {
+            if *name == "lazyvm-c" {
+                cache.wait_ready(1);
+            }
             let id = format!("{}b{round}{name}", common::test_prefix());
             let t = Instant::now();
             let out = containerd.ctr(&[
@@ -89,7 +112,21 @@ fn main() {
         "median lazyvm teardown (last Delete's Shutdown → every helper gone): {:.0} ms (goal ≤ 300 ms)",
         teardown.as_secs_f64() * 1000.0
     );
-    let [lazyvm, runc] = times.map(median);
+    let cached_log = std::fs::read_to_string(cached.dir.join("containerd.log")).unwrap_or_default();
+    let cached_phases = common::timings::parse(&cached_log);
+    assert_eq!(
+        cached_phases
+            .iter()
+            .filter(|p| p.contains_key("cached"))
+            .count(),
+        ROUNDS,
+        "every lazyvm-c run took a VM from the cache"
+    );
+    println!(
+        "median shim phases of lazyvm-c (VM from the cache; vm_boot = its takeover): {}",
+        common::timings::medians(&cached_phases)
+    );
+    let [lazyvm, runc, lazyvm_c] = times.map(median);
     let bare = median(bare);
     println!(
         "\nmedian ctr run --rm ... echo hello over {ROUNDS} rounds: lazyvm {:.0} ms | runc {:.0} ms | lazyvm/runc = {:.1}",
@@ -102,4 +139,12 @@ fn main() {
         bare.as_secs_f64() * 1000.0,
         lazyvm.as_secs_f64() / bare.as_secs_f64()
     );
+    println!(
+        "median lazyvm-c (a VM from lazyvm cache) {:.0} ms | P1 lazyvm-c/bare = {:.2} (goal ≤ 1.3) | lazyvm-c/runc = {:.1}",
+        lazyvm_c.as_secs_f64() * 1000.0,
+        lazyvm_c.as_secs_f64() / bare.as_secs_f64(),
+        lazyvm_c.as_secs_f64() / runc.as_secs_f64()
+    );
+    drop(cached);
+    drop(cache);
 }

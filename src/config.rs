@@ -21,6 +21,9 @@
 //! extra_args = []
 //! [vsock]
 //! path = "/usr/local/bin/vhost-device-vsock"
+//! [cache]
+//! # socket = "/run/lazyvm-cache.sock"  # take booted VMs from `lazyvm cache` there
+//! size = 1                            # how many booted VMs `lazyvm cache` keeps
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -68,6 +71,28 @@ pub struct Config {
     pub nydusd: NydusdConfig,
     /// vhost-device-vsock.
     pub vsock: VsockConfig,
+    /// The VM cache.
+    pub cache: CacheConfig,
+}
+
+/// The `[cache]` table: booted VMs kept ready by `lazyvm cache` ([`crate::vmcache`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The cache's socket. Set, a sandbox without a pod network takes a booted VM from
+    /// the cache there when it has one (else it boots its own); unset, no cache is asked.
+    pub socket: Option<PathBuf>,
+    /// How many booted VMs `lazyvm cache` keeps ready.
+    pub size: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            socket: None,
+            size: 1,
+        }
+    }
 }
 
 /// `accel` in the configuration.
@@ -222,6 +247,16 @@ impl Config {
         }
     }
 
+    /// What a VM is booted from (everything but the `[cache]` table), as a short stable
+    /// digest: a cached VM serves only a sandbox whose configuration has the same.
+    pub fn vm_fingerprint(&self) -> String {
+        let what = format!(
+            "{:?} {:?} {:?} {:?}",
+            self.debug, self.hypervisor, self.nydusd, self.vsock
+        );
+        format!("{:016x}", crate::sandbox::fnv1a(&what))
+    }
+
     /// Parses configuration text.
     pub fn parse(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string())
@@ -286,6 +321,29 @@ fn kvm_usable() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vm_fingerprint_ignores_the_cache_table_only() {
+        let base = Config::parse("").unwrap();
+        let cached = Config::parse("[cache]\nsocket = \"/run/c.sock\"\nsize = 3\n").unwrap();
+        assert_eq!(
+            cached.cache.socket.as_deref(),
+            Some(Path::new("/run/c.sock"))
+        );
+        assert_eq!(cached.cache.size, 3);
+        assert_eq!(base.vm_fingerprint(), cached.vm_fingerprint());
+        for other in [
+            "debug = true",
+            "[hypervisor]\nmemory_mib = 640",
+            "[hypervisor]\nkernel_params = [\"quiet\"]",
+            "[nydusd]\nextra_args = [\"--x\"]",
+            "[vsock]\npath = \"/opt/vsock\"",
+        ] {
+            let c = Config::parse(other).unwrap();
+            assert_ne!(base.vm_fingerprint(), c.vm_fingerprint(), "{other}");
+        }
+        assert!(Config::parse("[cache]\nsockett = \"/x\"").is_err());
+    }
 
     #[test]
     fn empty_file_means_defaults() {

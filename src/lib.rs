@@ -28,3 +28,4 @@ pub mod process;
 pub mod rootfs;
 pub mod sandbox;
 pub mod shim;
+pub mod vmcache;

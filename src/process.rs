@@ -11,9 +11,10 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,19 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const DRAIN_WAIT: Duration = Duration::from_millis(500);
 /// Output lines kept for error messages.
 const TAIL_LINES: usize = 12;
+
+tokio::task_local! {
+    /// Where processes spawned in this task write their stdout and stderr instead of a
+    /// pipe to our log: see [`with_output_file`].
+    static OUTPUT_FILE: PathBuf;
+}
+
+/// Runs `fut` with every process it spawns writing its output to `file` (appended, made
+/// owner-only): for helpers that must outlive us (the VM cache hands them to a shim), a
+/// pipe to our log would break when we exit.
+pub async fn with_output_file<F: std::future::Future>(file: PathBuf, fut: F) -> F::Output {
+    OUTPUT_FILE.scope(file, fut).await
+}
 
 /// Called with the exit status when a process dies without being asked to.
 pub type OnExit = Box<dyn FnOnce(ExitStatus) + Send + 'static>;
@@ -99,6 +113,8 @@ pub struct Supervised {
     exit: watch::Receiver<Option<ExitStatus>>,
     stopping: Arc<AtomicBool>,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// Where its output goes when not to our log (see [`with_output_file`]).
+    output_file: Option<PathBuf>,
     done: bool,
 }
 
@@ -120,11 +136,23 @@ impl Supervised {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        let output_file = OUTPUT_FILE.try_with(Clone::clone).ok();
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
+        match &output_file {
+            Some(path) => {
+                let file =
+                    open_output(path).map_err(|source| ProcessError::Spawn { name, source })?;
+                let err = file
+                    .try_clone()
+                    .map_err(|source| ProcessError::Spawn { name, source })?;
+                cmd.stdout(file).stderr(err);
+            }
+            None => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+        }
         let mut child = spawn_in_process_netns(cmd).map_err(|e| match e {
             SpawnError::Netns(source) => ProcessError::Netns { name, source },
             SpawnError::Spawn(source) => ProcessError::Spawn { name, source },
@@ -168,8 +196,59 @@ impl Supervised {
             exit,
             stopping,
             tail,
+            output_file,
             done: false,
         })
+    }
+
+    /// Takes over process `pid`, which another process started and reaps (the VM cache),
+    /// by its `pidfd`: it is signalled and watched through the pidfd (it readies when the
+    /// process exits). Its exit status is its parent's to read: it is reported as
+    /// unknown (255). Its output went to `output_file`, whose last lines
+    /// [`Supervised::output_tail`] reads.
+    pub fn adopt(
+        name: &'static str,
+        pid: u32,
+        pidfd: OwnedFd,
+        output_file: Option<PathBuf>,
+        on_exit: Option<OnExit>,
+    ) -> Result<Self, ProcessError> {
+        let watched = pidfd
+            .try_clone()
+            .and_then(|fd| {
+                // SAFETY: the AsyncFd owns `fd` (an OwnedFd), which stays open and the
+                // same descriptor until the AsyncFd drops it.
+                unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
+            })
+            .map_err(|source| ProcessError::Spawn { name, source })?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (exit_tx, exit) = watch::channel(None);
+        let asked = stopping.clone();
+        tokio::spawn(async move {
+            let _ = watched.readable().await;
+            report_exit(name, pid, unknown_exit(), &asked, &exit_tx, on_exit);
+        });
+        log::debug!("{name} (pid {pid}) adopted");
+        Ok(Supervised {
+            name,
+            pid,
+            pidfd,
+            exit,
+            stopping,
+            tail: Arc::new(Mutex::new(VecDeque::new())),
+            output_file,
+            done: false,
+        })
+    }
+
+    /// Lets the process go on without us: its exit no longer runs `on_exit`, dropping
+    /// does not kill it, and it is still reaped here (we stay its parent). Returns a pidfd
+    /// of it for its new owner ([`Supervised::adopt`]).
+    pub fn release(&mut self) -> io::Result<OwnedFd> {
+        let fd = self.pidfd.as_fd().try_clone_to_owned()?;
+        self.set_stopping();
+        self.done = true;
+        Ok(fd)
     }
 
     /// The process's pid.
@@ -184,6 +263,9 @@ impl Supervised {
 
     /// The last lines the process printed.
     pub fn output_tail(&self) -> String {
+        if let Some(path) = &self.output_file {
+            return file_tail(path);
+        }
         self.tail
             .lock()
             .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
@@ -268,6 +350,24 @@ impl Drop for Supervised {
     }
 }
 
+/// Opens (creating it owner-only) the output file of spawned processes, for appending.
+fn open_output(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// The last [`TAIL_LINES`] lines of output file `path` (empty if unreadable).
+fn file_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
 fn open_pidfd(pid: u32) -> io::Result<OwnedFd> {
     let pid = i32::try_from(pid)
         .ok()
@@ -312,6 +412,18 @@ async fn watch_exit(
     for relay in relays.into_iter().flatten() {
         let _ = tokio::time::timeout(DRAIN_WAIT, relay).await;
     }
+    report_exit(name, pid, status, &stopping, &exit_tx, on_exit);
+}
+
+/// Logs an exit, publishes its status and, when nobody asked for it, runs `on_exit`.
+fn report_exit(
+    name: &'static str,
+    pid: u32,
+    status: ExitStatus,
+    stopping: &AtomicBool,
+    exit_tx: &watch::Sender<Option<ExitStatus>>,
+    on_exit: Option<OnExit>,
+) {
     let asked = stopping.load(Ordering::SeqCst);
     if asked {
         log::info!("{name} (pid {pid}) exited: {status}");
@@ -384,6 +496,7 @@ fn enter_process_netns() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn sh(script: &str) -> Command {
         let mut c = Command::new("/bin/sh");
@@ -446,6 +559,87 @@ mod tests {
         let status = p.terminate(Duration::from_millis(200)).await.unwrap();
         assert_eq!(status.signal(), Some(9));
         assert!(!std::path::Path::new(&format!("/proc/{}", p.pid())).exists());
+    }
+
+    #[tokio::test]
+    async fn a_released_process_is_adopted_by_its_pidfd() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let released_fired = Arc::new(AtomicBool::new(false));
+        let flag = released_fired.clone();
+        let mut first = with_output_file(log.clone(), async {
+            Supervised::spawn(
+                "sleeper",
+                &mut sh("echo started; exec sleep 30"),
+                Some(Box::new(move |_| flag.store(true, Ordering::SeqCst))),
+            )
+        })
+        .await
+        .unwrap();
+        let pid = first.pid();
+        let pidfd = first.release().unwrap();
+        drop(first);
+        assert!(
+            process_alive(pid),
+            "dropping a released process leaves it running"
+        );
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let adopted = Supervised::adopt(
+            "sleeper",
+            pid,
+            pidfd,
+            Some(log.clone()),
+            Some(Box::new(move |s| {
+                let _ = tx.send(s);
+            })),
+        )
+        .unwrap();
+        while !adopted.output_tail().contains("started") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            std::fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // It dies on its own: the adopter's on_exit runs, the releaser's does not.
+        adopted.signal(Signal::KILL);
+        let status = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, unknown_exit());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!released_fired.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn an_adopted_process_is_terminated() {
+        let mut first = Supervised::spawn("sleeper", &mut sh("exec sleep 30"), None).unwrap();
+        let pid = first.pid();
+        let pidfd = first.release().unwrap();
+        let fired = Arc::new(AtomicBool::new(false));
+        let flag = fired.clone();
+        let mut adopted = Supervised::adopt(
+            "sleeper",
+            pid,
+            pidfd,
+            None,
+            Some(Box::new(move |_| flag.store(true, Ordering::SeqCst))),
+        )
+        .unwrap();
+        adopted.terminate(Duration::from_secs(5)).await.unwrap();
+        // Its parent (the releaser, here the same process) reaps it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while process_alive(pid) {
+            assert!(std::time::Instant::now() < deadline, "{pid} was not reaped");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!fired.load(Ordering::SeqCst));
+    }
+
+    fn process_alive(pid: u32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
     }
 
     #[tokio::test]

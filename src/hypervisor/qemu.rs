@@ -83,7 +83,7 @@ pub struct QemuConfig {
 /// An unprivileged identity for QEMU: it gets these ids before it execs, with no other
 /// group than those listed, so an escape from the VM lands in a user that owns nothing
 /// but its own sandbox's VM files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmUser {
     /// The user id.
     pub uid: u32,
@@ -321,6 +321,17 @@ impl Qemu {
         }
         let process = Supervised::spawn("qemu", &mut cmd, on_exit)?;
         Ok(Qemu { process, files })
+    }
+
+    /// Takes over a running QEMU another process started with `files` (the VM cache):
+    /// `process` is it, adopted.
+    pub fn adopt(process: Supervised, files: VmFiles) -> Self {
+        Qemu { process, files }
+    }
+
+    /// Lets QEMU run on for another owner; returns a pidfd of it.
+    pub fn release(mut self) -> io::Result<std::os::fd::OwnedFd> {
+        self.process.release()
     }
 
     /// A handle that SIGKILLs the process by its pidfd (see

@@ -87,6 +87,21 @@ impl VhostVsock {
         }
     }
 
+    /// Takes over a running vhost-device-vsock another process started with these sockets
+    /// (the VM cache): `process` is it, adopted.
+    pub fn adopt(process: Supervised, socket: &Path, uds_path: &Path) -> Self {
+        VhostVsock {
+            process,
+            socket: socket.to_path_buf(),
+            uds_path: uds_path.to_path_buf(),
+        }
+    }
+
+    /// Lets it run on for another owner; returns a pidfd of it.
+    pub fn release(mut self) -> io::Result<std::os::fd::OwnedFd> {
+        self.process.release()
+    }
+
     /// A handle that SIGKILLs the process by its pidfd (see
     /// [`crate::process::Supervised::kill_handle`]).
     pub fn kill_handle(&self) -> Option<crate::process::KillHandle> {

@@ -254,25 +254,7 @@ impl Nydusd {
         cmd.args(config.args());
         let spawned_at = Instant::now();
         let process = Supervised::spawn("nydusd", &mut cmd, on_exit)?;
-
-        let mut sockets = vec![config.api_sock.clone()];
-        let (mut vhost_sock, mut fuse_mountpoint) = (None, None);
-        match &config.mode {
-            Mode::Virtiofs { sock } => {
-                sockets.push(sock.clone());
-                vhost_sock = Some(sock.clone());
-            }
-            Mode::Fuse { mountpoint } => fuse_mountpoint = Some(mountpoint.clone()),
-        }
-        let mut daemon = Nydusd {
-            process,
-            sockets,
-            vhost_sock,
-            fuse_mountpoint,
-            client: NydusClient::new(&config.api_sock).with_timeout(config.api_timeout),
-            ready_after: Duration::ZERO,
-            stop_timeout: config.stop_timeout,
-        };
+        let mut daemon = Nydusd::adopt(&config, process);
 
         let setup = async {
             daemon.wait_ready(config.ready_timeout).await?;
@@ -301,6 +283,38 @@ impl Nydusd {
                 Err(e)
             }
         }
+    }
+
+    /// The daemon of `config` running as `process`: one just spawned, or one another
+    /// process started and let go of (the VM cache, see [`Nydusd::release`]), adopted.
+    pub fn adopt(config: &DaemonConfig, process: Supervised) -> Self {
+        let mut sockets = vec![config.api_sock.clone()];
+        let (mut vhost_sock, mut fuse_mountpoint) = (None, None);
+        match &config.mode {
+            Mode::Virtiofs { sock } => {
+                sockets.push(sock.clone());
+                vhost_sock = Some(sock.clone());
+            }
+            Mode::Fuse { mountpoint } => fuse_mountpoint = Some(mountpoint.clone()),
+        }
+        Nydusd {
+            process,
+            sockets,
+            vhost_sock,
+            fuse_mountpoint,
+            client: NydusClient::new(&config.api_sock).with_timeout(config.api_timeout),
+            ready_after: Duration::ZERO,
+            stop_timeout: config.stop_timeout,
+        }
+    }
+
+    /// Lets nydusd run on for another owner: nothing is stopped or removed; returns a
+    /// pidfd of it (see [`Supervised::release`]).
+    pub fn release(mut self) -> io::Result<std::os::fd::OwnedFd> {
+        let fd = self.process.release()?;
+        self.sockets.clear();
+        self.fuse_mountpoint = None;
+        Ok(fd)
     }
 
     /// A handle that SIGKILLs the process by its pidfd (see

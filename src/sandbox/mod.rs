@@ -10,6 +10,9 @@
 pub mod confine;
 pub mod pod;
 pub mod spec;
+mod warm;
+
+pub use warm::{Handoff, HELPERS_LOG};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -126,6 +129,9 @@ pub enum SandboxError {
         "container {0:?} is a pod's app container, but the pod has no sandbox container in this VM"
     )]
     NoPodSandbox(String),
+    /// A VM from the cache could not be taken over.
+    #[error("taking over a VM from the cache: {0}")]
+    Claim(String),
 }
 
 impl SandboxError {
@@ -152,6 +158,9 @@ pub struct StartTimings {
     pub vm_boot: Duration,
     /// The whole start, up to CreateSandbox done.
     pub total: Duration,
+    /// The VM came booted from the VM cache ([`crate::vmcache`]): `vm_boot` is then the
+    /// takeover, up to the agent's answer.
+    pub cached: bool,
 }
 
 /// What a sandbox is made from.
@@ -286,7 +295,7 @@ pub fn sandbox_key(id: &str) -> String {
 }
 
 /// FNV-1a, 64 bit: stable across builds (the shim's `delete` recomputes keys with it).
-fn fnv1a(s: &str) -> u64 {
+pub(crate) fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -309,9 +318,36 @@ pub fn sandbox_dir(run_dir: &Path, id: &str) -> PathBuf {
 impl Sandbox {
     /// Starts the sandbox. On failure everything started is stopped and the sandbox
     /// directory is removed.
+    ///
+    /// A sandbox without a pod network takes a booted VM from the VM cache when the
+    /// configuration names one (`[cache] socket`) and it has one for this configuration;
+    /// else, or when the takeover fails, it boots its own.
     pub async fn start(spec: SandboxSpec) -> Result<Sandbox, SandboxError> {
+        if let (None, Some(socket)) = (&spec.netns, &spec.config.cache.socket) {
+            match crate::vmcache::claim(socket, &spec).await {
+                Ok(handoff) => match Sandbox::claim(&spec, handoff).await {
+                    Ok(sandbox) => return Ok(sandbox),
+                    Err(e) => log::warn!(
+                        "sandbox {}: the VM from the cache failed ({e}): booting one",
+                        spec.id
+                    ),
+                },
+                Err(e) => log::info!("sandbox {}: no VM from the cache: {e}", spec.id),
+            }
+        }
+        Sandbox::start_at(&spec, sandbox_dir(&spec.run_dir, &spec.id), true).await
+    }
+
+    /// Starts the sandbox in directory `dir`; `create`: up to CreateSandbox (and the pod
+    /// network), else only until the agent answers (a VM for the cache, see
+    /// [`Sandbox::boot_warm`]). On failure everything started is stopped and `dir` is
+    /// removed.
+    async fn start_at(
+        spec: &SandboxSpec,
+        dir: PathBuf,
+        create: bool,
+    ) -> Result<Sandbox, SandboxError> {
         let started = Instant::now();
-        let dir = sandbox_dir(&spec.run_dir, &spec.id);
         std::fs::create_dir_all(&spec.run_dir).map_err(|source| SandboxError::Dir {
             path: spec.run_dir.clone(),
             source,
@@ -323,28 +359,13 @@ impl Sandbox {
                 SandboxError::Dir { path: dir, source }
             });
         }
-        let (fail_tx, failed) = watch::channel(None);
-        let mut sandbox = Sandbox {
-            id: spec.id.clone(),
-            private: dir.join("private"),
-            shared: dir.join("shared"),
-            host: None,
-            vm_user: None,
-            dir,
-            nydusd: None,
-            vsock: None,
-            qemu: None,
-            agent: None,
-            containers: BTreeMap::new(),
-            pod_sandbox: None,
-            network: None,
-            failed,
-            timings: StartTimings::default(),
-            console_follower: None,
-        };
-        let fail_tx = Arc::new(fail_tx);
+        let (mut sandbox, fail_tx) = Sandbox::empty(&spec.id, dir);
         if spec.config.hypervisor.unprivileged {
-            let key = sandbox_key(&spec.id);
+            let key = sandbox
+                .dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
             sandbox.vm_user = confine::vm_user(&spec.run_dir, &key, spec.config.qemu().accel);
         }
         if let Err(source) = confine::prepare(&sandbox.dir, sandbox.vm_user.as_ref()) {
@@ -372,7 +393,7 @@ impl Sandbox {
         }
         let mut attempt = 1;
         let booted = loop {
-            match sandbox.boot(&spec, fail_tx.clone()).await {
+            match sandbox.boot(spec, fail_tx.clone(), create).await {
                 Err(e @ SandboxError::AgentUnreachable { .. }) if attempt < BOOT_ATTEMPTS => {
                     log::warn!(
                         "sandbox {}: boot attempt {attempt} failed, booting a fresh VM: {e}",
@@ -405,6 +426,31 @@ impl Sandbox {
         }
     }
 
+    /// A sandbox `id` in directory `dir` with nothing started yet, and the sender that
+    /// fails it.
+    fn empty(id: &str, dir: PathBuf) -> (Sandbox, Arc<watch::Sender<Option<String>>>) {
+        let (fail_tx, failed) = watch::channel(None);
+        let sandbox = Sandbox {
+            id: id.to_string(),
+            private: dir.join("private"),
+            shared: dir.join("shared"),
+            host: None,
+            vm_user: None,
+            dir,
+            nydusd: None,
+            vsock: None,
+            qemu: None,
+            agent: None,
+            containers: BTreeMap::new(),
+            pod_sandbox: None,
+            network: None,
+            failed,
+            timings: StartTimings::default(),
+            console_follower: None,
+        };
+        (sandbox, Arc::new(fail_tx))
+    }
+
     /// Makes the private tree and the guest's read-only view of it (see
     /// [`mounts::share_read_only`]).
     fn share(&mut self) -> Result<(), SandboxError> {
@@ -419,27 +465,8 @@ impl Sandbox {
         Ok(())
     }
 
-    async fn boot(
-        &mut self,
-        spec: &SandboxSpec,
-        fail_tx: Arc<watch::Sender<Option<String>>>,
-    ) -> Result<(), SandboxError> {
-        let cfg = &spec.config;
-        let console = self.dir.join(confine::VM_DIR).join("console.log");
-        let fail = |what: &'static str| -> OnExit {
-            let tx = fail_tx.clone();
-            let console = console.clone();
-            Box::new(move |status| {
-                let mut reason = format!("{what} exited unexpectedly ({status})");
-                if what == "QEMU" {
-                    reason += &format!(
-                        "; the guest console's last lines:\n{}",
-                        console_tail(&console).unwrap_or_default()
-                    );
-                }
-                let _ = tx.send(Some(reason));
-            })
-        };
+    /// nydusd's configuration for this sandbox directory.
+    fn nydusd_config(&self, cfg: &Config) -> DaemonConfig {
         let mut nydusd_cfg = DaemonConfig::new(
             &cfg.nydusd.path,
             self.dir.join("nydusd-api.sock"),
@@ -454,13 +481,35 @@ impl Sandbox {
         } else {
             LogLevel::Info
         };
-        let files = VmFiles {
+        nydusd_cfg
+    }
+
+    /// The VM's host files in this sandbox directory.
+    fn vm_files(&self) -> VmFiles {
+        VmFiles {
             vhost_fs: self.dir.join("vhost-fs.sock"),
             vhost_vsock: self.dir.join("vhost-vsock.sock"),
             qmp: self.dir.join(confine::VM_DIR).join("qmp.sock"),
-            console: console.clone(),
+            console: self.console_path(),
             nics: self.network.iter().flat_map(PodNetwork::nics).collect(),
-        };
+        }
+    }
+
+    fn console_path(&self) -> PathBuf {
+        self.dir.join(confine::VM_DIR).join("console.log")
+    }
+
+    async fn boot(
+        &mut self,
+        spec: &SandboxSpec,
+        fail_tx: Arc<watch::Sender<Option<String>>>,
+        create: bool,
+    ) -> Result<(), SandboxError> {
+        let cfg = &spec.config;
+        let console = self.console_path();
+        let fail = |what: &'static str| exit_hook(&fail_tx, &console, what);
+        let nydusd_cfg = self.nydusd_config(cfg);
+        let files = self.vm_files();
         let uds = self.dir.join("vsock.sock");
         // The two helpers start together; whichever started is kept (and stopped by the
         // rollback) when the other failed.
@@ -509,6 +558,9 @@ impl Sandbox {
         let agent = self.connect_agent(&uds, ready).await?;
         self.timings.vm_boot = t.elapsed();
         self.restrict_modes();
+        if !create {
+            return Ok(());
+        }
         agent.create_sandbox(&spec.hostname, spec.shm_size).await?;
         if let Some(net) = &self.network {
             agent.update_network(net.guest()).await?;
@@ -535,7 +587,11 @@ impl Sandbox {
     /// so a recycled pid is never taken for ours, to `<dir>/pids`, for a cleanup after the
     /// owner is gone.
     fn record_pids(&self) {
-        let owner = std::process::id();
+        self.write_pids(std::process::id());
+    }
+
+    /// Writes the pids file with `owner` as the owner.
+    fn write_pids(&self, owner: u32) {
         let mut lines = format!(
             "{OWNER} {owner} {}\n",
             start_time(owner).unwrap_or_default()
@@ -924,6 +980,27 @@ impl Sandbox {
         };
         tokio::join!(vsock, nydusd);
     }
+}
+
+/// The callback for a helper (`what`) dying on its own: the sandbox fails with the reason
+/// (and, for QEMU, the end of the guest console).
+fn exit_hook(
+    fail_tx: &Arc<watch::Sender<Option<String>>>,
+    console: &Path,
+    what: &'static str,
+) -> OnExit {
+    let tx = fail_tx.clone();
+    let console = console.to_path_buf();
+    Box::new(move |status| {
+        let mut reason = format!("{what} exited unexpectedly ({status})");
+        if what == "QEMU" {
+            reason += &format!(
+                "; the guest console's last lines:\n{}",
+                console_tail(&console).unwrap_or_default()
+            );
+        }
+        let _ = tx.send(Some(reason));
+    })
 }
 
 /// Copies the guest console into the log (debug mode), line by line, as it grows.

@@ -290,6 +290,9 @@ fn log_timings(cid: &str, boot: Option<StartTimings>, created: Created, start: D
             ms(b.nydusd_ready),
             ms(b.total)
         );
+        if b.cached {
+            line += " cached=1";
+        }
     }
     if let Some(r) = created.rafs_mount {
         line += &format!(" rafs_mount_ms={}", ms(r));

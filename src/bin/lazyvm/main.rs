@@ -3,6 +3,8 @@
 //! - `lazyvm run --rootfs DIR [--tty] -- CMD ARGS...` runs CMD as a container in a fresh
 //!   micro-VM, relays its stdio, and exits with its status;
 //! - `lazyvm check` tells what this host has and lacks for lazyvm;
+//! - `lazyvm cache [--size N] [--socket PATH]` keeps booted VMs ready for sandboxes
+//!   without a pod network (see `lazyvm::vmcache`), until SIGTERM or SIGINT;
 //! - `lazyvm image convert --from … --to …` makes a nydus (or OCI) image of a rootfs or
 //!   an OCI archive and pushes it to a registry.
 
@@ -40,6 +42,18 @@ enum Command {
     Check,
     /// Build and push images (nydus for lazy pulling, or plain OCI).
     Image(image::ImageArgs),
+    /// Keep booted VMs ready for sandboxes without a pod network (until SIGTERM/SIGINT).
+    Cache(CacheArgs),
+}
+
+#[derive(clap::Args)]
+struct CacheArgs {
+    /// The socket to serve (default: `[cache] socket` of the configuration).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// How many booted VMs to keep (default: `[cache] size` of the configuration).
+    #[arg(long)]
+    size: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -55,15 +69,22 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
+    let runtime = || {
+        tokio::runtime::Runtime::new()
+            .map_err(|e| eprintln!("lazyvm: starting the async runtime: {e}"))
+            .ok()
+    };
     match cli.command {
         Command::Check => check::check(&config),
+        Command::Cache(args) => {
+            let Some(runtime) = runtime() else {
+                return ExitCode::from(125);
+            };
+            runtime.block_on(cache(config, args))
+        }
         Command::Run(args) => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("lazyvm: starting the async runtime: {e}");
-                    return ExitCode::from(125);
-                }
+            let Some(runtime) = runtime() else {
+                return ExitCode::from(125);
             };
             let code = runtime.block_on(run::run(config, args));
             // stdin may still be read by a blocking thread: don't wait for it.
@@ -71,15 +92,48 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
         Command::Image(args) => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("lazyvm: starting the async runtime: {e}");
-                    return ExitCode::from(125);
-                }
+            let Some(runtime) = runtime() else {
+                return ExitCode::from(125);
             };
             let code = runtime.block_on(image::image(&config, args));
             ExitCode::from(code)
+        }
+    }
+}
+
+/// `lazyvm cache`: serves the VM cache until SIGTERM or SIGINT.
+async fn cache(config: lazyvm::config::Config, args: CacheArgs) -> ExitCode {
+    let Some(socket) = args.socket.or_else(|| config.cache.socket.clone()) else {
+        eprintln!(
+            "lazyvm cache: no socket: pass --socket or set [cache] socket in the configuration"
+        );
+        return ExitCode::from(2);
+    };
+    let size = args.size.unwrap_or(config.cache.size);
+    if size == 0 {
+        eprintln!("lazyvm cache: a size of 0 keeps no VMs");
+        return ExitCode::from(2);
+    }
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("lazyvm cache: cannot handle SIGTERM and SIGINT");
+        return ExitCode::from(125);
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let run_dir = std::path::Path::new(lazyvm::sandbox::RUN_DIR);
+    match lazyvm::vmcache::serve(config, &socket, size as usize, run_dir, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lazyvm cache: {e}");
+            ExitCode::from(1)
         }
     }
 }
