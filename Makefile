@@ -25,7 +25,8 @@ guest:
 
 ## Put the binaries on PATH (the shim, lazyvm, lazyvm-snapshotter, nydus-overlayfs), the
 ## guest image in $(SHARE), default configurations in $(ETC) where none exist, and the
-## snapshotter's systemd unit (`systemctl enable --now lazyvm-snapshotter`).
+## snapshotter's and the VM cache's systemd units (`systemctl enable --now lazyvm-snapshotter`;
+## `lazyvm-cache` once `[cache] socket` is set).
 install: build guest
 	install -m 0755 target/release/containerd-shim-lazyvm-v2 target/release/lazyvm \
 	  target/release/lazyvm-snapshotter target/release/nydus-overlayfs $(PREFIX)/bin/
@@ -38,7 +39,7 @@ install: build guest
 	test -e $(ETC)/config.toml || install -m 0644 deploy/config.toml $(ETC)/config.toml
 	test -e $(ETC)/snapshotter.toml || install -m 0600 deploy/snapshotter.toml $(ETC)/snapshotter.toml
 	install -d $(SYSTEMD)
-	install -m 0644 deploy/lazyvm-snapshotter.service $(SYSTEMD)/
+	install -m 0644 deploy/lazyvm-snapshotter.service deploy/lazyvm-cache.service $(SYSTEMD)/
 
 ## Everything CI runs: deps, the guest image, lint, unit and integration tests against the
 ## real components (nydusd, QEMU under TCG, containerd).

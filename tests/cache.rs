@@ -88,6 +88,17 @@ impl Env {
     }
 }
 
+/// What `lazyvm check` prints with configuration `config`.
+fn check_report(config: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lazyvm"))
+        .arg("--config")
+        .arg(config)
+        .arg("check")
+        .output()
+        .unwrap();
+    text(&out.stdout)
+}
+
 fn assert_gone(pids: &[u32], what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|p| process_exists(*p)) {
@@ -108,6 +119,11 @@ fn ctr_run_takes_a_vm_from_the_cache_and_the_cache_boots_the_next() {
         helpers.len(),
         3,
         "nydusd, vhost-device-vsock and QEMU: {helpers:?}"
+    );
+    let report = check_report(&env.config);
+    assert!(
+        report.contains("vm cache") && report.contains("1 of 1 VMs ready"),
+        "lazyvm check reports the cache:\n{report}"
     );
 
     let out = env.run("cached", &["echo", "hello from a cached VM"]);
@@ -152,6 +168,9 @@ fn ctr_run_takes_a_vm_from_the_cache_and_the_cache_boots_the_next() {
     assert!(processes_mentioning(Path::new(lazyvm::sandbox::RUN_DIR))
         .iter()
         .all(|p| !helpers.contains(p) && !held.contains(p)),);
+
+    let report = check_report(&env.config);
+    assert!(report.contains("is `lazyvm cache` running?"), "{report}");
 
     // With no cache, ctr run boots its own VM.
     let out = env.run("cold", &["echo", "cold"]);

@@ -148,6 +148,31 @@ pub fn check(config: &Config) -> ExitCode {
         ),
     }
 
+    if let Some(socket) = &config.cache.socket {
+        let status = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(lazyvm::vmcache::status(socket))
+                    .map_err(|e| e.to_string())
+            });
+        match status {
+            Ok((ready, size)) => r.line(
+                true,
+                false,
+                "vm cache",
+                format!("{}: {ready} of {size} VMs ready", socket.display()),
+            ),
+            Err(e) => r.line(
+                false,
+                false,
+                "vm cache",
+                format!("{e}: sandboxes boot their own VMs (is `lazyvm cache` running?)"),
+            ),
+        }
+    }
+
     if r.missing > 0 {
         println!("{} required item(s) missing", r.missing);
         ExitCode::FAILURE
