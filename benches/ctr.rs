@@ -98,9 +98,25 @@ fn main() {
             times[i].push(took);
         }
     }
-    let log = std::fs::read_to_string(containerd.dir.join("containerd.log")).unwrap_or_default();
+    // A shim tears its sandbox down on the Shutdown that follows the Delete, which
+    // containerd may send after `ctr run --rm` returned: the last lines can come late.
+    let read_log =
+        || std::fs::read_to_string(containerd.dir.join("containerd.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::timings::teardowns(&read_log()).len() < ROUNDS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = read_log();
     let teardowns = common::timings::teardowns(&log);
-    assert_eq!(teardowns.len(), ROUNDS, "teardown lines in the shim's log");
+    assert_eq!(
+        teardowns.len(),
+        ROUNDS,
+        "teardown lines in the shim's log:\n{}",
+        log.lines()
+            .filter(|l| l.contains("torn down") || l.contains("shutdown") || l.contains("Shutdown"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let teardown = median(teardowns);
     let phases = common::timings::parse(&log);
     assert_eq!(phases.len(), ROUNDS, "timing lines in the shim's log");

@@ -4,12 +4,15 @@
 //! any VM (a bare boot of the same kernel under the same QEMU flags, `common::bare`),
 //! alternated in one run, on a private containerd in a network namespace of its own with
 //! a CNI bridge. Prints each sample, the medians and the ratios (issue 14's P1 for pods:
-//! lazyvm ÷ bare).
+//! lazyvm ÷ bare). A third sample, lazyvm-c, takes its VM from a `lazyvm cache` (full
+//! before each of its runs; the shims' configuration names the cache only for those).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/common/cri.rs"]
 mod cri;
+#[path = "../tests/common/vmcache.rs"]
+mod vmcache;
 
 use std::time::{Duration, Instant};
 
@@ -60,8 +63,18 @@ async fn sample(env: &CriEnv, name: &str, handler: &str) -> Duration {
 #[tokio::main]
 async fn main() {
     let env = CriEnv::start().await;
-    let handlers = [LAZYVM, RUNC];
-    let mut times: [Vec<Duration>; 2] = Default::default();
+    // The shims read their configuration as they start: it names the cache for lazyvm-c's
+    // samples only.
+    let config = env.dir.join("lazyvm.toml");
+    let plain = std::fs::read_to_string(&config).unwrap();
+    let cache_config = env.dir.join("cache.toml");
+    let socket = env.dir.join("cache.sock");
+    std::fs::write(&cache_config, &plain).unwrap();
+    vmcache::name_socket(&cache_config, &socket);
+    let with_cache = std::fs::read_to_string(&cache_config).unwrap();
+    let cache = vmcache::Cache::start(&cache_config, &socket, &env.dir.join("cache.log"));
+    let handlers = [("lazyvm", LAZYVM), ("runc", RUNC), ("lazyvm-c", LAZYVM)];
+    let mut times: [Vec<Duration>; 3] = Default::default();
     let tmp = tempfile::tempdir().unwrap();
     let mut bare_cmd = bare_qemu(tmp.path());
     let mut bare = Vec::new();
@@ -72,10 +85,18 @@ async fn main() {
             took.as_secs_f64() * 1000.0
         );
         bare.push(took);
-        for (i, handler) in handlers.iter().enumerate() {
-            let took = sample(&env, &format!("bench{round}{handler}"), handler).await;
+        for (i, (name, handler)) in handlers.iter().enumerate() {
+            let cached = *name == "lazyvm-c";
+            if cached {
+                std::fs::write(&config, &with_cache).unwrap();
+                tokio::task::block_in_place(|| cache.wait_ready(1));
+            }
+            let took = sample(&env, &format!("bench{round}{i}{handler}"), handler).await;
+            if cached {
+                std::fs::write(&config, &plain).unwrap();
+            }
             println!(
-                "round {round} {handler:<7} {:>6.0} ms",
+                "round {round} {name:<8} {:>6.0} ms",
                 took.as_secs_f64() * 1000.0
             );
             times[i].push(took);
@@ -88,18 +109,25 @@ async fn main() {
         .partition(|p| p.contains_key("vm_boot_ms"));
     assert_eq!(
         (pause.len(), app.len()),
-        (ROUNDS, ROUNDS),
+        (2 * ROUNDS, 2 * ROUNDS),
         "timing lines in the shim's log"
     );
+    let (cached, pause): (Vec<_>, Vec<_>) =
+        pause.into_iter().partition(|p| p.contains_key("cached"));
+    assert_eq!(cached.len(), ROUNDS, "every lazyvm-c pod took a cached VM");
     println!(
         "median shim phases of lazyvm, RunPodSandbox (nydusd ready, VM boot to agent, sandbox ready, pause create, start): {}",
         common::timings::medians(&pause)
     );
     println!(
-        "median shim phases of lazyvm, StartContainer (app create, start): {}",
+        "median shim phases of lazyvm-c, RunPodSandbox (VM from the cache; vm_boot = its takeover): {}",
+        common::timings::medians(&cached)
+    );
+    println!(
+        "median shim phases of lazyvm and lazyvm-c, StartContainer (app create, start): {}",
         common::timings::medians(&app)
     );
-    let [lazyvm, runc] = times.map(median);
+    let [lazyvm, runc, lazyvm_c] = times.map(median);
     println!(
         "\nmedian CRI pod start (RunPodSandbox + CreateContainer + StartContainer to the first output line) over {ROUNDS} rounds: lazyvm {:.0} ms | runc {:.0} ms | lazyvm/runc = {:.1}",
         lazyvm.as_secs_f64() * 1000.0,
@@ -112,4 +140,11 @@ async fn main() {
         bare.as_secs_f64() * 1000.0,
         lazyvm.as_secs_f64() / bare.as_secs_f64()
     );
+    println!(
+        "median lazyvm-c (a VM from lazyvm cache) {:.0} ms | P1 pod lazyvm-c/bare = {:.2} (goal ≤ 1.3) | lazyvm-c/runc = {:.1}",
+        lazyvm_c.as_secs_f64() * 1000.0,
+        lazyvm_c.as_secs_f64() / bare.as_secs_f64(),
+        lazyvm_c.as_secs_f64() / runc.as_secs_f64()
+    );
+    drop(cache);
 }

@@ -79,8 +79,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    /// The cache's socket. Set, a sandbox without a pod network takes a booted VM from
-    /// the cache there when it has one (else it boots its own); unset, no cache is asked.
+    /// The cache's socket. Set, a sandbox takes a booted VM from the cache there when it
+    /// has one (else it boots its own); unset, no cache is asked.
     pub socket: Option<PathBuf>,
     /// How many booted VMs `lazyvm cache` keeps ready.
     pub size: u32,

@@ -15,22 +15,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use containerd::{Containerd, RUNTIME};
-use vmcache::Cache;
+use vmcache::{recorded_pids, Cache};
 
 const IMAGE: &str = "docker.io/library/lazyvm-busybox:test";
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// The pids recorded in a sandbox directory's `pids` file (the helpers, not the owner).
-fn recorded_pids(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join("pids"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.starts_with("owner"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .collect()
 }
 
 struct Env {

@@ -11,6 +11,8 @@
 mod common;
 #[path = "common/cri.rs"]
 mod cri;
+#[path = "common/vmcache.rs"]
+mod vmcache;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -934,4 +936,94 @@ async fn lazyvm_pods_survive_a_containerd_restart() {
         }
     })
     .await;
+}
+
+/// The MAC of interface `name` in the network namespace at `netns`.
+fn mac_in(netns: &Path, name: &str) -> String {
+    // Not /sys: its view is the namespace of whoever mounted it.
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-o", "link", "show", name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    line.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {line}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazyvm_pod_from_the_vm_cache() {
+    need_guest();
+    let env = CriEnv::start().await;
+    // The shims read their configuration when they start: from now on they ask the cache.
+    let config = env.dir.join("lazyvm.toml");
+    let socket = env.dir.join("cache.sock");
+    vmcache::name_socket(&config, &socket);
+    let cache = vmcache::Cache::start(&config, &socket, &env.dir.join("cache.log"));
+    tokio::task::block_in_place(|| cache.wait_ready(1));
+    let warm = cache.warm_dirs();
+    assert_eq!(warm.len(), 1);
+    let helpers = vmcache::recorded_pids(&warm[0]);
+    assert_eq!(helpers.len(), 3, "{helpers:?}");
+
+    let t = Instant::now();
+    let pod = env.run_pod("cachedweb", LAZYVM).await;
+    eprintln!("RunPodSandbox with a VM from the cache: {:?}", t.elapsed());
+    let log = std::fs::read_to_string(env.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("(a VM from the cache)"),
+        "the pod took the cached VM:\n{}",
+        cache.log()
+    );
+    let dir = pod.sandbox_dir();
+    assert_eq!(
+        vmcache::recorded_pids(&dir),
+        helpers,
+        "the cached VM's helpers"
+    );
+    let netns = env.pod_netns(&pod).await.expect("the pod's netns");
+    let ip = env.pod_ip(&pod).await;
+
+    let server = env.create_container(&pod, "server", HTTPD).await;
+    env.start_container(&server).await;
+    // The guest NIC has the pod interface's MAC and address.
+    let guest_mac = env
+        .exec_ok(&server, &["cat", "/sys/class/net/eth0/address"])
+        .await;
+    assert_eq!(guest_mac.trim(), mac_in(&netns, "eth0"));
+    let addrs = env.exec_ok(&server, &["ip", "addr"]).await;
+    assert!(addrs.contains(&format!("inet {ip}/")), "{addrs}");
+    // Reachable at the pod IP from the test's netns, over the bridge, the pod's veth and
+    // the tap that waited in the cache's namespace.
+    let remote = env
+        .http_get_from_netns(&ip, WEB_PORT, 30)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(remote.contains(WEB_MARKER), "{remote}");
+
+    // The cache booted the next VM meanwhile; its tap is nowhere but in its own namespace.
+    tokio::task::block_in_place(|| cache.wait_ready(1));
+    assert!(!env.netns_has_link("tap0_lazyvm"));
+    let on_host = std::process::Command::new("ip")
+        .args(["link", "show", "tap0_lazyvm"])
+        .output()
+        .unwrap();
+    assert!(!on_host.status.success(), "a tap on the host");
+
+    stop_and_remove(&env, &pod, &[&server]).await;
+    assert!(
+        eventually(10, || !netns.exists()).await,
+        "{} left",
+        netns.display()
+    );
+    assert!(
+        eventually(10, || helpers.iter().all(|p| !common::process_exists(*p))).await,
+        "the cached VM's helpers left: {helpers:?}"
+    );
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(eventually(10, || env.bridge_ports().is_empty()).await);
+    drop(cache);
 }

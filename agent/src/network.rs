@@ -262,14 +262,23 @@ pub fn check_ifname(s: &str) -> Result<(), String> {
 /// One interface to configure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceConfig {
-    /// How it is found.
+    /// The MAC it ends up with; how it is found unless `device_mac` is set.
     pub mac: Mac,
+    /// The MAC it has now, when that is not `mac` (a VM from the cache): how it is found.
+    pub device_mac: Option<Mac>,
     /// Its new name; empty keeps the current one.
     pub name: String,
     /// Its MTU; 0 keeps the current one.
     pub mtu: u32,
     /// Addresses to add, in order.
     pub addresses: Vec<Cidr>,
+}
+
+impl InterfaceConfig {
+    /// The MAC it is found by.
+    pub fn lookup(&self) -> Mac {
+        self.device_mac.unwrap_or(self.mac)
+    }
 }
 
 /// One route to add.
@@ -365,6 +374,15 @@ impl NetworkConfig {
             if cfg.interfaces.iter().any(|o| o.mac == mac) {
                 return Err(invalid(w("mac"), format!("{mac} is listed twice")));
             }
+            let device_mac = match itf.device_mac.as_str() {
+                "" => None,
+                d => Some(Mac::parse(d).map_err(|m| invalid(w("device_mac"), m))?),
+            };
+            if let Some(d) = device_mac {
+                if cfg.interfaces.iter().any(|o| o.lookup() == d) {
+                    return Err(invalid(w("device_mac"), format!("{d} is listed twice")));
+                }
+            }
             if !itf.name.is_empty() {
                 check_ifname(&itf.name).map_err(|m| invalid(w("name"), m))?;
                 if cfg.interfaces.iter().any(|o| o.name == itf.name) {
@@ -394,6 +412,7 @@ impl NetworkConfig {
             }
             cfg.interfaces.push(InterfaceConfig {
                 mac,
+                device_mac,
                 name: itf.name.clone(),
                 mtu: itf.mtu,
                 addresses,
@@ -434,7 +453,10 @@ impl NetworkConfig {
             links.iter().map(|l| (l.index, l.name.clone())).collect();
         let mut interfaces = Vec::new();
         for itf in &self.interfaces {
-            let found: Vec<&Link> = links.iter().filter(|l| l.mac == Some(itf.mac)).collect();
+            let found: Vec<&Link> = links
+                .iter()
+                .filter(|l| l.mac == Some(itf.lookup()))
+                .collect();
             let link = match found.as_slice() {
                 [one] => *one,
                 [] => {
@@ -443,7 +465,7 @@ impl NetworkConfig {
                         .filter_map(|l| l.mac.map(|m| format!("{}={m}", l.name)))
                         .collect();
                     return Err(NetworkError::MacNotFound {
-                        mac: itf.mac.to_string(),
+                        mac: itf.lookup().to_string(),
                         seen: if seen.is_empty() {
                             "none with a MAC address".to_owned()
                         } else {
@@ -455,7 +477,7 @@ impl NetworkConfig {
                     let n: Vec<&str> = several.iter().map(|l| l.name.as_str()).collect();
                     return Err(NetworkError::Conflict(format!(
                         "MAC address {} is shared by the interfaces {}",
-                        itf.mac,
+                        itf.lookup(),
                         n.join(", ")
                     )));
                 }
@@ -543,6 +565,12 @@ impl NetworkConfig {
                     .name(itf.name.clone())
                     .build();
                 set_link(handle, &format!("{label}: renaming it"), msg).await?;
+            }
+            if itf.device_mac.is_some_and(|d| d != itf.mac) {
+                let msg = LinkUnspec::new_with_index(*index)
+                    .address(itf.mac.0.to_vec())
+                    .build();
+                set_link(handle, &format!("{label}: setting MAC {}", itf.mac), msg).await?;
             }
             if itf.mtu != 0 {
                 let msg = LinkUnspec::new_with_index(*index).mtu(itf.mtu).build();
@@ -1065,6 +1093,28 @@ mod tests {
             .plan(&links())
             .unwrap_err();
         assert!(matches!(e, NetworkError::Conflict(_)), "{e}");
+    }
+
+    #[test]
+    fn a_nic_is_found_by_its_device_mac_and_given_the_pods() {
+        let mut eth = itf("0a:58:0a:58:00:05", "pod0", &[("10.88.0.5", 16)]);
+        eth.device_mac = "02:00:00:00:00:02".into();
+        let req = UpdateNetworkRequest {
+            interfaces: vec![eth.clone()],
+            ..Default::default()
+        };
+        let c = NetworkConfig::parse(&req).unwrap();
+        assert_eq!(c.interfaces[0].lookup().to_string(), "02:00:00:00:00:02");
+        assert_eq!(c.interfaces[0].mac.to_string(), "0a:58:0a:58:00:05");
+        let plan = c.plan(&links()).unwrap();
+        // links(): lo, eth0 = ...:01, eth1 = ...:02.
+        assert_eq!(plan.interfaces[0].1, "eth1");
+        eth.device_mac = "02:00:00".into();
+        let e = err_text(&UpdateNetworkRequest {
+            interfaces: vec![eth],
+            ..Default::default()
+        });
+        assert!(e.contains("interfaces[0].device_mac"), "{e}");
     }
 
     #[test]

@@ -291,6 +291,7 @@ impl AgentClient {
                     name: i.name.clone(),
                     mtu: i.mtu,
                     addresses: i.addresses.iter().map(ip).collect(),
+                    device_mac: i.device_mac.clone().unwrap_or_default(),
                     ..Default::default()
                 })
                 .collect(),

@@ -14,7 +14,10 @@
 //! it was opened in: all the work happens on a thread of its own that entered the pod's
 //! namespace, never on a tokio worker.
 
+mod parked;
 pub mod tap;
+
+pub use parked::ParkedTap;
 
 use std::fmt;
 use std::fs::File;
@@ -77,6 +80,15 @@ pub enum NetworkError {
     /// The namespace has no interface with an address.
     #[error("the pod network namespace {0:?} has no interface with an IP address (did CNI run?)")]
     NoInterface(PathBuf),
+    /// A VM booted ahead (the VM cache) has one NIC; the pod has another number of
+    /// interfaces.
+    #[error("the pod network namespace {path:?} has {found} interfaces with an address; a VM from the cache has one NIC")]
+    NotOneInterface {
+        /// The namespace.
+        path: PathBuf,
+        /// How many interfaces it has.
+        found: usize,
+    },
 }
 
 fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
@@ -110,6 +122,9 @@ pub struct Interface {
     pub mtu: u32,
     /// The veth's addresses (IPv6 link-local ones left out: the guest makes its own).
     pub addresses: Vec<IpNet>,
+    /// The MAC the guest NIC has when that is not `mac` (a VM booted ahead of its pod, by
+    /// the VM cache): the guest finds the NIC by it and gives it `mac`.
+    pub device_mac: Option<String>,
 }
 
 /// A route of the pod's main table.
@@ -307,6 +322,7 @@ async fn scan_links(handle: &Handle) -> Result<Vec<Link>, NetworkError> {
                 mac: mac_string(&mac),
                 mtu,
                 addresses,
+                device_mac: None,
             },
         });
     }
@@ -484,14 +500,23 @@ async fn remove_ingress(handle: &Handle, index: u32) -> Result<(), NetworkError>
     }
 }
 
-/// Creates the taps and redirects for `links`; on failure removes what it made.
-async fn connect(handle: &Handle, links: &[Link]) -> Result<Vec<Pair>, NetworkError> {
+/// Creates the taps and redirects for `links` (the first tap is `first`, already in the
+/// namespace under its name, when given: a VM from the cache); on failure removes what it
+/// made.
+async fn connect(
+    handle: &Handle,
+    links: &[Link],
+    mut first: Option<OwnedFd>,
+) -> Result<Vec<Pair>, NetworkError> {
     let mut pairs: Vec<Pair> = Vec::new();
     let mut veths_done: Vec<u32> = Vec::new();
     let result = async {
         for (i, link) in links.iter().enumerate() {
             let name = tap_name(i);
-            let tap = tap::create(&name)?;
+            let tap = match first.take() {
+                Some(tap) => tap,
+                None => tap::create(&name)?,
+            };
             let tap_index = link_index(handle, &name).await?;
             pairs.push(Pair {
                 veth_index: link.index,
@@ -534,15 +559,41 @@ impl PodNetwork {
     /// Connects the pod network namespace at `netns` to taps for the VM (see the module
     /// doc). On failure nothing is left in the namespace.
     pub async fn setup(netns: &Path) -> Result<PodNetwork, NetworkError> {
+        PodNetwork::connect(netns, None).await
+    }
+
+    /// [`PodNetwork::setup`] for a VM booted ahead of its pod (the VM cache): its one NIC
+    /// has MAC `device_mac` and its tap, `tap`, was moved into the pod's namespace as the
+    /// first tap ([`ParkedTap::move_to`]). The pod must have one interface; the guest is
+    /// told to give the NIC the interface's MAC.
+    pub async fn adopt(
+        netns: &Path,
+        tap: OwnedFd,
+        device_mac: &str,
+    ) -> Result<PodNetwork, NetworkError> {
+        let mut net = PodNetwork::connect(netns, Some(tap)).await?;
+        for i in &mut net.guest.interfaces {
+            i.device_mac = Some(device_mac.to_string());
+        }
+        Ok(net)
+    }
+
+    async fn connect(netns: &Path, tap: Option<OwnedFd>) -> Result<PodNetwork, NetworkError> {
         let path = netns.to_path_buf();
         let (pairs, guest) = in_netns(netns, move |handle| async move {
             let links = scan_links(&handle).await?;
             if links.is_empty() {
                 return Err(NetworkError::NoInterface(path));
             }
+            if tap.is_some() && links.len() != 1 {
+                return Err(NetworkError::NotOneInterface {
+                    path,
+                    found: links.len(),
+                });
+            }
             let routes = scan_routes(&handle, &links).await?;
             let neighbors = scan_neighbors(&handle, &links).await?;
-            let pairs = connect(&handle, &links).await?;
+            let pairs = connect(&handle, &links, tap).await?;
             let guest = GuestNetwork {
                 interfaces: links.into_iter().map(|l| l.iface).collect(),
                 routes,
@@ -662,6 +713,7 @@ mod tests {
                 mac: "02:00:00:00:00:01".into(),
                 mtu: 1500,
                 addresses: vec![],
+                device_mac: None,
             },
         }
     }

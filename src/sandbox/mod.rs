@@ -28,7 +28,7 @@ use crate::hypervisor::qemu::console_tail;
 use crate::hypervisor::qemu::VmUser;
 use crate::hypervisor::{Qemu, QemuError, VhostVsock, VmFiles, VsockError};
 use crate::mounts::{self, MountError};
-use crate::network::{NetworkError, PodNetwork};
+use crate::network::{NetworkError, ParkedTap, PodNetwork};
 use crate::nydusd::{self, DaemonConfig, DaemonError, LogLevel, Mode, MountpointError, Nydusd};
 use crate::process::OnExit;
 use crate::rootfs::ExtraOption;
@@ -264,6 +264,8 @@ pub struct Sandbox {
     /// The pod's sandbox (pause) container, whose namespaces app containers join.
     pod_sandbox: Option<String>,
     network: Option<PodNetwork>,
+    /// A VM of the cache: the tap of its NIC, waiting for a pod.
+    parked: Option<ParkedTap>,
     failed: watch::Receiver<Option<String>>,
     timings: StartTimings,
     console_follower: Option<tokio::task::JoinHandle<()>>,
@@ -319,11 +321,12 @@ impl Sandbox {
     /// Starts the sandbox. On failure everything started is stopped and the sandbox
     /// directory is removed.
     ///
-    /// A sandbox without a pod network takes a booted VM from the VM cache when the
-    /// configuration names one (`[cache] socket`) and it has one for this configuration;
-    /// else, or when the takeover fails, it boots its own.
+    /// A sandbox takes a booted VM from the VM cache when the configuration names one
+    /// (`[cache] socket`) and it has one for this configuration (a pod's with the VM's NIC
+    /// moved into the pod's network namespace); else, or when the takeover fails, it
+    /// boots its own.
     pub async fn start(spec: SandboxSpec) -> Result<Sandbox, SandboxError> {
-        if let (None, Some(socket)) = (&spec.netns, &spec.config.cache.socket) {
+        if let Some(socket) = &spec.config.cache.socket {
             match crate::vmcache::claim(socket, &spec).await {
                 Ok(handoff) => match Sandbox::claim(&spec, handoff).await {
                     Ok(sandbox) => return Ok(sandbox),
@@ -335,7 +338,7 @@ impl Sandbox {
                 Err(e) => log::info!("sandbox {}: no VM from the cache: {e}", spec.id),
             }
         }
-        Sandbox::start_at(&spec, sandbox_dir(&spec.run_dir, &spec.id), true).await
+        Sandbox::start_at(&spec, sandbox_dir(&spec.run_dir, &spec.id), true, None).await
     }
 
     /// Starts the sandbox in directory `dir`; `create`: up to CreateSandbox (and the pod
@@ -346,6 +349,7 @@ impl Sandbox {
         spec: &SandboxSpec,
         dir: PathBuf,
         create: bool,
+        parked: Option<ParkedTap>,
     ) -> Result<Sandbox, SandboxError> {
         let started = Instant::now();
         std::fs::create_dir_all(&spec.run_dir).map_err(|source| SandboxError::Dir {
@@ -391,6 +395,7 @@ impl Sandbox {
                 }
             }
         }
+        sandbox.parked = parked;
         let mut attempt = 1;
         let booted = loop {
             match sandbox.boot(spec, fail_tx.clone(), create).await {
@@ -444,6 +449,7 @@ impl Sandbox {
             containers: BTreeMap::new(),
             pod_sandbox: None,
             network: None,
+            parked: None,
             failed,
             timings: StartTimings::default(),
             console_follower: None,
@@ -491,7 +497,12 @@ impl Sandbox {
             vhost_vsock: self.dir.join("vhost-vsock.sock"),
             qmp: self.dir.join(confine::VM_DIR).join("qmp.sock"),
             console: self.console_path(),
-            nics: self.network.iter().flat_map(PodNetwork::nics).collect(),
+            nics: self
+                .network
+                .iter()
+                .flat_map(PodNetwork::nics)
+                .chain(self.parked.iter().map(ParkedTap::nic))
+                .collect(),
         }
     }
 

@@ -10,6 +10,13 @@
 //! ([`Sandbox::claim`]): it watches and signals them through the pidfds, connects to the
 //! agent and sends CreateSandbox. From then on the sandbox is the shim's as if it had
 //! booted it.
+//!
+//! Every cached VM has one NIC, on a tap parked in a network namespace of its own
+//! ([`ParkedTap`]). A pod's claim sends the pod's network namespace along: the cache moves
+//! the tap into it and passes the tap's descriptor, and the shim connects it to the pod's
+//! interface as it would a tap of its own ([`PodNetwork::adopt`]); the agent gives the
+//! guest NIC the interface's MAC. A claim without a network drops the tap (its namespace
+//! ends with it).
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -21,6 +28,7 @@ use crate::beneath::Beneath;
 use crate::config::Config;
 use crate::hypervisor::qemu::VmUser;
 use crate::hypervisor::{Qemu, VhostVsock};
+use crate::network::{ParkedTap, PodNetwork};
 use crate::nydusd::Nydusd;
 use crate::process::Supervised;
 
@@ -40,6 +48,8 @@ pub struct Handoff {
     pub pidfds: Vec<OwnedFd>,
     /// Who QEMU runs as.
     pub vm_user: Option<VmUser>,
+    /// For a pod: the VM's tap, in the pod's network namespace, and its NIC's MAC.
+    pub nic: Option<(OwnedFd, String)>,
 }
 
 impl Handoff {
@@ -67,8 +77,8 @@ impl Handoff {
 
 impl Sandbox {
     /// Boots a VM for the cache in `<run_dir>/<name>`: as [`Sandbox::start`] up to the
-    /// agent's answer, without CreateSandbox and without a network. The helpers write
-    /// their output to [`HELPERS_LOG`] there.
+    /// agent's answer, without CreateSandbox, with one NIC on a parked tap
+    /// ([`ParkedTap`]). The helpers write their output to [`HELPERS_LOG`] there.
     pub async fn boot_warm(
         config: Config,
         run_dir: &Path,
@@ -78,7 +88,9 @@ impl Sandbox {
         spec.run_dir = run_dir.to_path_buf();
         let dir = run_dir.join(name);
         let log = dir.join(HELPERS_LOG);
-        crate::process::with_output_file(log, Sandbox::start_at(&spec, dir, false)).await
+        let parked = ParkedTap::new(&parked_mac(name))?;
+        crate::process::with_output_file(log, Sandbox::start_at(&spec, dir, false, Some(parked)))
+            .await
     }
 
     /// Whether a helper of this sandbox died on its own.
@@ -88,8 +100,15 @@ impl Sandbox {
 
     /// Hands this booted VM to the process `owner` for its sandbox key `key`: renames the
     /// directory to `<run dir>/<key>` (never over an existing one), records `owner` as its
-    /// owner and lets go of the helpers. On failure the sandbox is stopped and removed.
-    pub async fn hand_over(mut self, key: &str, owner: u32) -> Result<Handoff, SandboxError> {
+    /// owner, moves its NIC's tap into the pod's network namespace `netns` (a pod's claim)
+    /// or drops it, and lets go of the helpers. On failure the sandbox is stopped and
+    /// removed.
+    pub async fn hand_over(
+        mut self,
+        key: &str,
+        owner: u32,
+        netns: Option<OwnedFd>,
+    ) -> Result<Handoff, SandboxError> {
         let target = match self.dir.parent() {
             Some(run_dir) => run_dir.join(key),
             None => return Err(SandboxError::Claim("the VM has no run directory".into())),
@@ -119,6 +138,28 @@ impl Sandbox {
         }
         self.dir = target;
         self.write_pids(owner);
+        let parked = self.parked.take();
+        let nic = match (netns, parked) {
+            (Some(netns), Some(parked)) => {
+                let mac = parked.mac().to_string();
+                match parked.move_to(std::os::fd::AsFd::as_fd(&netns)).await {
+                    Ok(tap) => Some((tap, mac)),
+                    Err(e) => {
+                        self.teardown().await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            (Some(_), None) => {
+                self.teardown().await;
+                return Err(SandboxError::Claim("the VM has no NIC for the pod".into()));
+            }
+            // Its namespace ends, and the tap with it: the NIC leads nowhere.
+            (None, parked) => {
+                drop(parked);
+                None
+            }
+        };
         if let Some(follower) = self.console_follower.take() {
             follower.abort();
         }
@@ -144,6 +185,7 @@ impl Sandbox {
             pids: [n, v, q],
             pidfds: Vec::new(),
             vm_user: self.vm_user.clone(),
+            nic,
         };
         match fds {
             Ok(pidfds) if pidfds.len() == 3 => Ok(Handoff { pidfds, ..handoff }),
@@ -187,7 +229,9 @@ impl Sandbox {
         sandbox.timings.cached = true;
         let console = sandbox.console_path();
         let output = Some(sandbox.dir.join(HELPERS_LOG));
-        let Handoff { pids, pidfds, .. } = handoff;
+        let Handoff {
+            pids, pidfds, nic, ..
+        } = handoff;
         let names = ["nydusd", "vhost-device-vsock", "QEMU"];
         let mut adopted = Vec::with_capacity(3);
         let mut error = None;
@@ -220,7 +264,7 @@ impl Sandbox {
         sandbox.record_pids();
         let result = match error {
             Some(e) => Err(SandboxError::Claim(format!("adopting the helpers: {e}"))),
-            None => sandbox.take_over(spec, started).await,
+            None => sandbox.take_over(spec, nic, started).await,
         };
         match result {
             Ok(()) => {
@@ -241,6 +285,7 @@ impl Sandbox {
     async fn take_over(
         &mut self,
         spec: &SandboxSpec,
+        nic: Option<(OwnedFd, String)>,
         started: Instant,
     ) -> Result<(), SandboxError> {
         self.host = Some(Beneath::open(&self.private)?);
@@ -254,7 +299,21 @@ impl Sandbox {
         )
         .await?;
         self.timings.vm_boot = started.elapsed();
+        match (&spec.netns, nic) {
+            (Some(netns), Some((tap, mac))) => {
+                self.network = Some(PodNetwork::adopt(netns, tap, &mac).await?);
+            }
+            (Some(_), None) => {
+                return Err(SandboxError::Claim(
+                    "the cache sent no NIC for the pod".into(),
+                ))
+            }
+            (None, _) => {}
+        }
         agent.create_sandbox(&spec.hostname, spec.shm_size).await?;
+        if let Some(net) = &self.network {
+            agent.update_network(net.guest()).await?;
+        }
         self.agent = Some(agent);
         self.timings.total = started.elapsed();
         Ok(())
@@ -267,4 +326,11 @@ fn what_name(what: &'static str) -> &'static str {
         "QEMU" => "qemu",
         other => other,
     }
+}
+
+/// The MAC of the NIC of the cache's VM `name`: locally administered, unicast, from the
+/// name (unique among the cache's VMs).
+fn parked_mac(name: &str) -> String {
+    let h = super::fnv1a(name).to_be_bytes();
+    format!("02:6c:7a:{:02x}:{:02x}:{:02x}", h[5], h[6], h[7])
 }

@@ -2,10 +2,11 @@
 //! sandbox starts without a boot on its path.
 //!
 //! The cache boots VMs ([`Sandbox::boot_warm`]) until it holds its size, and serves a Unix
-//! socket (root only). A sandbox without a pod network whose configuration names the
-//! socket asks it for a VM ([`claim`]) with its sandbox key and its configuration's
-//! [`Config::vm_fingerprint`]; the cache hands one over only when its own configuration
-//! has the same fingerprint and the same run directory ([`Sandbox::hand_over`]), and boots
+//! socket (root only). A sandbox whose configuration names the socket asks it for a VM
+//! ([`claim`]) with its sandbox key, its configuration's [`Config::vm_fingerprint`] and,
+//! for a pod, the pod's network namespace; the cache hands one over only when its own
+//! configuration has the same fingerprint and the same run directory
+//! ([`Sandbox::hand_over`], which moves the VM's NIC into the pod's namespace), and boots
 //! the next. Each VM serves one sandbox, once; nothing of a guest is reused. The cache
 //! stays the helpers' parent (it reaps them); the shim owns and stops them. A cache that
 //! dies leaves its claimed VMs running; its unclaimed ones are found by their recorded
@@ -20,7 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify};
 
@@ -62,22 +62,43 @@ pub enum CacheError {
 }
 
 /// Asks the cache at `socket` for a booted VM for sandbox `spec`; the answer is the VM,
-/// already in the sandbox directory and recorded as ours. Never waits longer than
-/// [`ANSWER_TIMEOUT`].
+/// already in the sandbox directory and recorded as ours (for a pod, with its NIC's tap
+/// in the pod's network namespace). Never waits longer than [`ANSWER_TIMEOUT`].
 pub async fn claim(socket: &Path, spec: &SandboxSpec) -> Result<Handoff, CacheError> {
+    let mut fds = Vec::new();
+    if let Some(netns) = &spec.netns {
+        let file = std::fs::File::open(netns).map_err(|source| CacheError::Socket {
+            path: netns.clone(),
+            source,
+        })?;
+        fds.push(OwnedFd::from(file));
+    }
     let request = Request::Claim {
         key: sandbox_key(&spec.id),
         run_dir: spec.run_dir.clone(),
         fingerprint: spec.config.vm_fingerprint(),
+        netns: spec.netns.is_some(),
     };
-    let (answer, pidfds) = exchange(socket, request).await?;
+    let (answer, mut fds) = exchange(socket, request, fds).await?;
     match answer {
-        Answer::Vm { dir, pids, vm_user } => Ok(Handoff {
+        Answer::Vm {
             dir,
             pids,
-            pidfds,
             vm_user,
-        }),
+            nic_mac,
+        } => {
+            let nic = match nic_mac {
+                Some(mac) if fds.len() == 4 => fds.pop().map(|tap| (tap, mac)),
+                _ => None,
+            };
+            Ok(Handoff {
+                dir,
+                pids,
+                pidfds: fds,
+                vm_user,
+                nic,
+            })
+        }
         Answer::Refused { reason } => Err(CacheError::Refused(reason)),
         other => Err(CacheError::Protocol(format!("{other:?} to a claim"))),
     }
@@ -85,7 +106,7 @@ pub async fn claim(socket: &Path, spec: &SandboxSpec) -> Result<Handoff, CacheEr
 
 /// How many VMs the cache at `socket` has ready, and how many it keeps.
 pub async fn status(socket: &Path) -> Result<(usize, usize), CacheError> {
-    match exchange(socket, Request::Status).await?.0 {
+    match exchange(socket, Request::Status, Vec::new()).await?.0 {
         Answer::Ready { ready, size } => Ok((ready, size)),
         other => Err(CacheError::Protocol(format!(
             "{other:?} to a status request"
@@ -93,20 +114,22 @@ pub async fn status(socket: &Path) -> Result<(usize, usize), CacheError> {
     }
 }
 
-async fn exchange(socket: &Path, request: Request) -> Result<(Answer, Vec<OwnedFd>), CacheError> {
+async fn exchange(
+    socket: &Path,
+    request: Request,
+    fds: Vec<OwnedFd>,
+) -> Result<(Answer, Vec<OwnedFd>), CacheError> {
     let path = socket.to_path_buf();
     let err = |source| CacheError::Socket {
         path: socket.to_path_buf(),
         source,
     };
     tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut stream = std::os::unix::net::UnixStream::connect(&path)?;
+        let stream = std::os::unix::net::UnixStream::connect(&path)?;
         stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
-        let mut line = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        stream.write_all(&line)?;
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        wire::send(stream.as_fd(), &request, &raw)?;
         wire::recv(stream.as_fd())
     })
     .await
@@ -273,34 +296,50 @@ async fn refill(cache: Arc<Cache>) {
 }
 
 /// Answers one connection.
-async fn answer(cache: Arc<Cache>, mut stream: UnixStream) {
-    let (answer, handoff) =
-        match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await {
-            Ok(Ok(request)) => decide(&cache, &stream, request).await,
-            Ok(Err(reason)) => (Answer::Refused { reason }, None),
-            Err(_) => (
-                Answer::Refused {
-                    reason: format!("no request within {REQUEST_TIMEOUT:?}"),
-                },
-                None,
-            ),
-        };
-    let fds: Vec<RawFd> = handoff
-        .iter()
-        .flat_map(|h| h.pidfds.iter().map(AsRawFd::as_raw_fd))
-        .collect();
-    let sent = loop {
-        if let Err(e) = stream.writable().await {
-            break Err(e);
-        }
-        match stream.try_io(tokio::io::Interest::WRITABLE, || {
-            wire::send(stream.as_fd(), &answer, &fds)
-        }) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            other => break other,
+async fn answer(cache: Arc<Cache>, stream: UnixStream) {
+    let peer = stream.peer_cred();
+    // One small message each way: the socket is made blocking, with timeouts, and read and
+    // written on a blocking thread.
+    let stream = match stream.into_std().and_then(|s| {
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        s.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+        Ok(s)
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("VM cache: a connection: {e}");
+            return;
         }
     };
-    if let (Err(e), Some(h)) = (sent, handoff) {
+    let received = tokio::task::spawn_blocking(move || {
+        let r = wire::recv::<Request>(stream.as_fd());
+        (stream, r)
+    })
+    .await;
+    let Ok((stream, received)) = received else {
+        return;
+    };
+    let (answer, handoff) = match (received, peer) {
+        (Ok((request, fds)), Ok(peer)) => decide(&cache, peer, request, fds).await,
+        (Err(e), _) => refused(format!("reading the request: {e}")),
+        (_, Err(e)) => refused(format!("the peer's credentials: {e}")),
+    };
+    let sent = tokio::task::spawn_blocking(move || {
+        let fds: Vec<RawFd> = handoff
+            .iter()
+            .flat_map(|h| {
+                h.pidfds
+                    .iter()
+                    .chain(h.nic.iter().map(|(tap, _)| tap))
+                    .map(AsRawFd::as_raw_fd)
+            })
+            .collect();
+        let r = wire::send(stream.as_fd(), &answer, &fds);
+        (r, handoff)
+    })
+    .await;
+    if let Ok((Err(e), Some(h))) = sent {
         // The claimer is gone: nobody owns the VM. It goes.
         log::warn!(
             "VM cache: handing over {}: {e}: stopping it",
@@ -310,21 +349,19 @@ async fn answer(cache: Arc<Cache>, mut stream: UnixStream) {
     }
 }
 
-/// Reads one request line.
-async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
-    let mut line = String::new();
-    let mut reader = tokio::io::BufReader::new(stream).take(wire::MAX_LINE as u64);
-    reader
-        .read_line(&mut line)
-        .await
-        .map_err(|e| format!("reading the request: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("the request: {e}"))
+fn refused(reason: String) -> (Answer, Option<Handoff>) {
+    (Answer::Refused { reason }, None)
 }
 
-/// The answer to `request` from the peer on `stream`, and the VM handed over with it.
-async fn decide(cache: &Cache, stream: &UnixStream, request: Request) -> (Answer, Option<Handoff>) {
-    let refuse = |reason: String| (Answer::Refused { reason }, None);
-    let (key, run_dir, fingerprint) = match request {
+/// The answer to `request` (which came with `fds`) from `peer`, and the VM handed over
+/// with it.
+async fn decide(
+    cache: &Cache,
+    peer: tokio::net::unix::UCred,
+    request: Request,
+    mut fds: Vec<OwnedFd>,
+) -> (Answer, Option<Handoff>) {
+    let (key, run_dir, fingerprint, netns) = match request {
         Request::Status => {
             let ready = cache.ready.lock().await.len();
             return (
@@ -339,34 +376,41 @@ async fn decide(cache: &Cache, stream: &UnixStream, request: Request) -> (Answer
             key,
             run_dir,
             fingerprint,
-        } => (key, run_dir, fingerprint),
+            netns,
+        } => (key, run_dir, fingerprint, netns),
     };
-    let peer = match stream.peer_cred() {
-        Ok(c) => c,
-        Err(e) => return refuse(format!("the peer's credentials: {e}")),
+    let netns = match (netns, fds.len()) {
+        (true, 1) => fds.pop(),
+        (false, 0) => None,
+        (want, n) => {
+            return refused(format!(
+                "{n} descriptors with a claim {} a network namespace",
+                if want { "for" } else { "without" }
+            ))
+        }
     };
     let Some(pid) = peer.pid().and_then(|p| u32::try_from(p).ok()) else {
-        return refuse("the peer has no pid".into());
+        return refused("the peer has no pid".into());
     };
     if peer.uid() != rustix::process::geteuid().as_raw() {
-        return refuse(format!("uid {} may not take VMs", peer.uid()));
+        return refused(format!("uid {} may not take VMs", peer.uid()));
     }
     if run_dir != cache.run_dir {
-        return refuse(format!(
+        return refused(format!(
             "this cache keeps VMs for {:?}, not {run_dir:?}",
             cache.run_dir
         ));
     }
     if fingerprint != cache.fingerprint {
-        return refuse("the sandbox's configuration is not the cache's".into());
+        return refused("the sandbox's configuration is not the cache's".into());
     }
     let vm = cache.ready.lock().await.pop_front();
     cache.refill.notify_one();
     let Some(vm) = vm else {
-        return refuse("no VM is ready".into());
+        return refused("no VM is ready".into());
     };
     let id = vm.id().to_string();
-    match vm.hand_over(&key, pid).await {
+    match vm.hand_over(&key, pid, netns).await {
         Ok(h) => {
             log::info!("VM cache: {id} handed to pid {pid} as {}", h.dir.display());
             (
@@ -374,10 +418,11 @@ async fn decide(cache: &Cache, stream: &UnixStream, request: Request) -> (Answer
                     dir: h.dir.clone(),
                     pids: h.pids,
                     vm_user: h.vm_user.clone(),
+                    nic_mac: h.nic.as_ref().map(|(_, mac)| mac.clone()),
                 },
                 Some(h),
             )
         }
-        Err(e) => refuse(format!("handing over {id}: {e}")),
+        Err(e) => refused(format!("handing over {id}: {e}")),
     }
 }

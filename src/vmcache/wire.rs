@@ -1,18 +1,20 @@
 //! The cache's protocol on its Unix socket: the client sends one line of JSON (a
-//! [`Request`]); the cache answers with one line of JSON (an [`Answer`]), and when it hands
-//! over a VM the helpers' pidfds ride along with it (`SCM_RIGHTS`).
+//! [`Request`]; a pod's claim with the pod's network namespace attached, `SCM_RIGHTS`); the
+//! cache answers with one line of JSON (an [`Answer`]), and when it hands over a VM the
+//! helpers' pidfds ride along with it (and, for a pod, the fd of the VM's tap).
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::hypervisor::qemu::VmUser;
 
 /// The longest line either side sends.
-pub const MAX_LINE: usize = 16 * 1024;
+const MAX_LINE: usize = 16 * 1024;
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +29,10 @@ pub enum Request {
         run_dir: PathBuf,
         /// The configuration's fingerprint.
         fingerprint: String,
+        /// A pod's claim: the pod's network namespace comes with the request, and the
+        /// VM's NIC is to be moved into it.
+        #[serde(default)]
+        netns: bool,
     },
     /// How many VMs are ready.
     Status,
@@ -45,6 +51,10 @@ pub enum Answer {
         pids: [u32; 3],
         /// Who QEMU runs as.
         vm_user: Option<VmUser>,
+        /// For a pod's claim: the MAC the VM's NIC has; its tap, now in the pod's network
+        /// namespace, comes fourth.
+        #[serde(default)]
+        nic_mac: Option<String>,
     },
     /// The status.
     Ready {
@@ -60,9 +70,18 @@ pub enum Answer {
     },
 }
 
-/// Sends `answer` on the connected socket `sock`, with `fds` attached.
-pub fn send(sock: BorrowedFd<'_>, answer: &Answer, fds: &[RawFd]) -> io::Result<()> {
-    let mut line = serde_json::to_vec(answer).map_err(io::Error::other)?;
+/// The most descriptors a message carries.
+const MAX_FDS: usize = 4;
+
+/// Sends `msg` as one line on the connected socket `sock`, with `fds` attached.
+pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::other(format!(
+            "{} descriptors (at most {MAX_FDS})",
+            fds.len()
+        )));
+    }
+    let mut line = serde_json::to_vec(msg).map_err(io::Error::other)?;
     line.push(b'\n');
     let cmsgs = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsgs };
@@ -86,14 +105,14 @@ pub fn send(sock: BorrowedFd<'_>, answer: &Answer, fds: &[RawFd]) -> io::Result<
     Ok(())
 }
 
-/// Receives one answer line from the connected (blocking) socket `sock`, with the file
+/// Receives one line from the connected (blocking) socket `sock`, with the file
 /// descriptors that came with it (close-on-exec).
-pub fn recv(sock: BorrowedFd<'_>) -> io::Result<(Answer, Vec<OwnedFd>)> {
+pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> io::Result<(T, Vec<OwnedFd>)> {
     let mut line = Vec::new();
     let mut fds = Vec::new();
     let mut buf = [0u8; 4096];
     while !line.ends_with(b"\n") {
-        let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = recvmsg::<()>(
             sock.as_raw_fd(),
@@ -116,21 +135,17 @@ pub fn recv(sock: BorrowedFd<'_>) -> io::Result<(Answer, Vec<OwnedFd>)> {
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "the cache closed the connection without an answer",
+                "the connection closed before a whole message",
             ));
         }
         line.extend_from_slice(&buf[..n]);
         if line.len() > MAX_LINE {
-            return Err(io::Error::other("the cache's answer is too long"));
+            return Err(io::Error::other("the message is too long"));
         }
     }
-    let answer = serde_json::from_slice(&line).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the cache's answer: {e}"),
-        )
-    })?;
-    Ok((answer, fds))
+    let msg = serde_json::from_slice(&line)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("the message: {e}")))?;
+    Ok((msg, fds))
 }
 
 #[cfg(test)]
@@ -146,6 +161,7 @@ mod tests {
             key: "c1".into(),
             run_dir: "/run/lazyvm".into(),
             fingerprint: "00ff".into(),
+            netns: true,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains(r#""op":"claim""#), "{text}");
@@ -161,10 +177,11 @@ mod tests {
             dir: "/run/lazyvm/c1".into(),
             pids: [1, 2, 3],
             vm_user: None,
+            nic_mac: None,
         };
         let raw = file.as_raw_fd();
         send(a.as_fd(), &answer, &[raw, raw, raw]).unwrap();
-        let (got, fds) = recv(b.as_fd()).unwrap();
+        let (got, fds) = recv::<Answer>(b.as_fd()).unwrap();
         assert_eq!(got, answer);
         assert_eq!(fds.len(), 3);
         // The same open file: a write through one shows in the other's size.
@@ -174,10 +191,17 @@ mod tests {
     }
 
     #[test]
+    fn too_many_descriptors_are_refused() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let raw = a.as_raw_fd();
+        assert!(send(a.as_fd(), &Request::Status, &[raw; MAX_FDS + 1]).is_err());
+    }
+
+    #[test]
     fn a_closed_connection_is_an_error() {
         let (a, b) = UnixStream::pair().unwrap();
         drop(a);
-        let e = recv(b.as_fd()).unwrap_err();
+        let e = recv::<Answer>(b.as_fd()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

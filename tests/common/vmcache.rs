@@ -42,12 +42,23 @@ impl Cache {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the cache has `n` VMs ready.
+    /// Waits until the cache has `n` VMs ready (blocking: from a test's async code, call it
+    /// in `spawn_blocking` or `block_in_place`).
     pub fn wait_ready(&self, n: usize) {
         let deadline = Instant::now() + BOOT_WAIT;
-        let runtime = tokio::runtime::Runtime::new().unwrap();
         loop {
-            if let Ok((ready, _)) = runtime.block_on(lazyvm::vmcache::status(&self.socket)) {
+            let socket = self.socket.clone();
+            // A runtime of its own, on a thread of its own: callable from any context.
+            let status = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(lazyvm::vmcache::status(&socket))
+            })
+            .join()
+            .unwrap();
+            if let Ok((ready, _)) = status {
                 if ready >= n {
                     return;
                 }
@@ -115,4 +126,14 @@ pub fn name_socket(config: &Path, socket: &Path) {
     let mut text = std::fs::read_to_string(config).unwrap();
     text += &format!("[cache]\nsocket = {socket:?}\n");
     std::fs::write(config, text).unwrap();
+}
+
+/// The pids recorded in a sandbox directory's `pids` file (the helpers, not the owner).
+pub fn recorded_pids(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("pids"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with("owner"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect()
 }

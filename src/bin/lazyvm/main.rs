@@ -4,7 +4,7 @@
 //!   micro-VM, relays its stdio, and exits with its status;
 //! - `lazyvm check` tells what this host has and lacks for lazyvm;
 //! - `lazyvm cache [--size N] [--socket PATH]` keeps booted VMs ready for sandboxes
-//!   without a pod network (see `lazyvm::vmcache`), until SIGTERM or SIGINT;
+//!   (see `lazyvm::vmcache`), until SIGTERM or SIGINT;
 //! - `lazyvm image convert --from … --to …` makes a nydus (or OCI) image of a rootfs or
 //!   an OCI archive and pushes it to a registry.
 
@@ -42,7 +42,7 @@ enum Command {
     Check,
     /// Build and push images (nydus for lazy pulling, or plain OCI).
     Image(image::ImageArgs),
-    /// Keep booted VMs ready for sandboxes without a pod network (until SIGTERM/SIGINT).
+    /// Keep booted VMs ready for sandboxes (until SIGTERM/SIGINT).
     Cache(CacheArgs),
 }
 
