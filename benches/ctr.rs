@@ -38,10 +38,7 @@ fn main() {
     let containerd = Containerd::start(tmp.path(), &config, shim_dir);
     let archive = tmp.path().join("image.tar");
     common::oci_image_archive(&common::busybox_rootfs(tmp.path()), IMAGE, &archive);
-    assert!(containerd
-        .ctr(&["images", "import", archive.to_str().unwrap()])
-        .status
-        .success());
+    containerd.import(&archive);
     let cached_dir = tmp.path().join("cached");
     std::fs::create_dir_all(&cached_dir).unwrap();
     let cached_config = cached_dir.join("lazyvm.toml");
@@ -50,10 +47,7 @@ fn main() {
     vmcache::name_socket(&cached_config, &socket);
     let cache = vmcache::Cache::start(&cached_config, &socket, &cached_dir.join("cache.log"));
     let cached = Containerd::start(&cached_dir, &cached_config, shim_dir);
-    assert!(cached
-        .ctr(&["images", "import", archive.to_str().unwrap()])
-        .status
-        .success());
+    cached.import(&archive);
     let runtimes = [
         ("lazyvm", RUNTIME, &containerd),
         ("runc", "io.containerd.runc.v2", &containerd),

@@ -44,8 +44,7 @@ fn setup(extra: &str) -> Env {
     let containerd = Containerd::start(tmp.path(), &config, &shim_dir());
     let archive = tmp.path().join("image.tar");
     oci_image_archive(&busybox_rootfs(tmp.path()), IMAGE, &archive);
-    let out = containerd.ctr(&["images", "import", archive.to_str().unwrap()]);
-    assert!(out.status.success(), "import: {}", text(&out.stderr));
+    containerd.import(&archive);
     Env {
         tmp,
         containerd,

@@ -32,8 +32,7 @@ fn setup_with(write: impl FnOnce(&Path)) -> Env {
     let containerd = Containerd::start(tmp.path(), &config, &shim_dir());
     let archive = tmp.path().join("image.tar");
     oci_image_archive(&busybox_rootfs(tmp.path()), IMAGE, &archive);
-    let out = containerd.ctr(&["images", "import", archive.to_str().unwrap()]);
-    assert!(out.status.success(), "import: {}", text(&out.stderr));
+    containerd.import(&archive);
     Env {
         _tmp: tmp,
         containerd,

@@ -338,17 +338,16 @@ impl Sandbox {
                 Err(e) => log::info!("sandbox {}: no VM from the cache: {e}", spec.id),
             }
         }
-        Sandbox::start_at(&spec, sandbox_dir(&spec.run_dir, &spec.id), true, None).await
+        Sandbox::start_at(&spec, sandbox_dir(&spec.run_dir, &spec.id), None).await
     }
 
-    /// Starts the sandbox in directory `dir`; `create`: up to CreateSandbox (and the pod
-    /// network), else only until the agent answers (a VM for the cache, see
-    /// [`Sandbox::boot_warm`]). On failure everything started is stopped and `dir` is
-    /// removed.
+    /// Starts the sandbox in directory `dir`, up to CreateSandbox (and the pod network);
+    /// with a `parked` tap, a VM for the cache ([`Sandbox::boot_warm`]): only until the
+    /// agent answers, its NIC on that tap. On failure everything started is stopped and
+    /// `dir` is removed.
     async fn start_at(
         spec: &SandboxSpec,
         dir: PathBuf,
-        create: bool,
         parked: Option<ParkedTap>,
     ) -> Result<Sandbox, SandboxError> {
         let started = Instant::now();
@@ -398,7 +397,7 @@ impl Sandbox {
         sandbox.parked = parked;
         let mut attempt = 1;
         let booted = loop {
-            match sandbox.boot(spec, fail_tx.clone(), create).await {
+            match sandbox.boot(spec, fail_tx.clone()).await {
                 Err(e @ SandboxError::AgentUnreachable { .. }) if attempt < BOOT_ATTEMPTS => {
                     log::warn!(
                         "sandbox {}: boot attempt {attempt} failed, booting a fresh VM: {e}",
@@ -514,7 +513,6 @@ impl Sandbox {
         &mut self,
         spec: &SandboxSpec,
         fail_tx: Arc<watch::Sender<Option<String>>>,
-        create: bool,
     ) -> Result<(), SandboxError> {
         let cfg = &spec.config;
         let console = self.console_path();
@@ -569,15 +567,28 @@ impl Sandbox {
         let agent = self.connect_agent(&uds, ready).await?;
         self.timings.vm_boot = t.elapsed();
         self.restrict_modes();
-        if !create {
+        if self.parked.is_some() {
+            // A VM for the cache: its sandbox comes with its claimer.
             return Ok(());
         }
+        self.create(agent, spec).await
+    }
+
+    /// Sends CreateSandbox (and the pod network) to the VM's agent, which is then ours.
+    async fn create(&mut self, agent: AgentClient, spec: &SandboxSpec) -> Result<(), SandboxError> {
         agent.create_sandbox(&spec.hostname, spec.shm_size).await?;
         if let Some(net) = &self.network {
             agent.update_network(net.guest()).await?;
         }
         self.agent = Some(agent);
         Ok(())
+    }
+
+    /// Moves the sandbox to directory `dir` (renamed there already), with the paths in it.
+    fn moved_to(&mut self, dir: PathBuf) {
+        self.private = dir.join("private");
+        self.shared = dir.join("shared");
+        self.dir = dir;
     }
 
     /// Sockets and logs the helpers made in the sandbox directory: owner only (0600),
@@ -1082,15 +1093,21 @@ fn start_time(pid: u32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
+/// The helper processes recorded in sandbox directory `dir` that are still the same
+/// processes: (pid, start time).
+pub fn recorded_helpers(dir: &Path) -> Vec<(u32, u64)> {
+    recorded_alive(dir)
+        .into_iter()
+        .filter(|(role, _, _)| role != OWNER)
+        .map(|(_, pid, started)| (pid, started))
+        .collect()
+}
+
 /// Kills (SIGKILL) the helper processes recorded in sandbox directory `dir` that are still
 /// the same processes, and waits up to two seconds for them to go. For cleanup when the
 /// owner that started them is gone.
 pub fn kill_recorded(dir: &Path) {
-    let helpers: Vec<(u32, u64)> = recorded_alive(dir)
-        .into_iter()
-        .filter(|(role, _, _)| role != OWNER)
-        .map(|(_, pid, started)| (pid, started))
-        .collect();
+    let helpers = recorded_helpers(dir);
     for (pid, _) in &helpers {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*pid as i32),

@@ -60,18 +60,18 @@ impl Handoff {
         }
     }
 
-    /// Kills the helpers, waits (up to five seconds) for them to go, and removes the
-    /// directory: for a VM handed to a claimer that is gone.
+    /// Kills the helpers, waits for them to go and removes the directory: for a VM handed
+    /// to a claimer that is gone.
     pub async fn discard(self) {
         self.kill();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && self.pids.iter().any(|p| super::start_time(*p).is_some())
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if let Err(e) = crate::mounts::remove_dir_unmounted(&self.dir) {
-            log::warn!("removing {}: {e}", self.dir.display());
-        }
+        let dir = self.dir;
+        let _ = tokio::task::spawn_blocking(move || {
+            super::kill_recorded(&dir);
+            if let Err(e) = crate::mounts::remove_dir_unmounted(&dir) {
+                log::warn!("removing {}: {e}", dir.display());
+            }
+        })
+        .await;
     }
 }
 
@@ -89,8 +89,7 @@ impl Sandbox {
         let dir = run_dir.join(name);
         let log = dir.join(HELPERS_LOG);
         let parked = ParkedTap::new(&parked_mac(name))?;
-        crate::process::with_output_file(log, Sandbox::start_at(&spec, dir, false, Some(parked)))
-            .await
+        crate::process::with_output_file(log, Sandbox::start_at(&spec, dir, Some(parked))).await
     }
 
     /// Whether a helper of this sandbox died on its own.
@@ -136,7 +135,7 @@ impl Sandbox {
                 }
             });
         }
-        self.dir = target;
+        self.moved_to(target);
         self.write_pids(owner);
         let parked = self.parked.take();
         let nic = match (netns, parked) {
@@ -232,12 +231,17 @@ impl Sandbox {
         let Handoff {
             pids, pidfds, nic, ..
         } = handoff;
-        let names = ["nydusd", "vhost-device-vsock", "QEMU"];
+        // Each helper's process name, and its name in the reason the sandbox fails with.
+        let names = [
+            ("nydusd", "nydusd"),
+            ("vhost-device-vsock", "vhost-device-vsock"),
+            ("qemu", "QEMU"),
+        ];
         let mut adopted = Vec::with_capacity(3);
         let mut error = None;
-        for ((pid, fd), what) in pids.into_iter().zip(pidfds).zip(names) {
+        for ((pid, fd), (name, what)) in pids.into_iter().zip(pidfds).zip(names) {
             let hook = Some(exit_hook(&fail_tx, &console, what));
-            match Supervised::adopt(what_name(what), pid, fd, output.clone(), hook) {
+            match Supervised::adopt(name, pid, fd, output.clone(), hook) {
                 Ok(p) => adopted.push(p),
                 Err(e) => {
                     let _ = nix::sys::signal::kill(
@@ -310,21 +314,9 @@ impl Sandbox {
             }
             (None, _) => {}
         }
-        agent.create_sandbox(&spec.hostname, spec.shm_size).await?;
-        if let Some(net) = &self.network {
-            agent.update_network(net.guest()).await?;
-        }
-        self.agent = Some(agent);
+        self.create(agent, spec).await?;
         self.timings.total = started.elapsed();
         Ok(())
-    }
-}
-
-/// The process name [`Supervised`] logs for helper `what`.
-fn what_name(what: &'static str) -> &'static str {
-    match what {
-        "QEMU" => "qemu",
-        other => other,
     }
 }
 

@@ -50,6 +50,15 @@ pub enum CacheError {
         #[source]
         source: std::io::Error,
     },
+    /// The pod's network namespace could not be opened.
+    #[error("opening the pod's network namespace {path:?}: {source}")]
+    Netns {
+        /// Its path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Another cache serves the socket.
     #[error("another VM cache serves {0:?}")]
     InUse(PathBuf),
@@ -67,7 +76,7 @@ pub enum CacheError {
 pub async fn claim(socket: &Path, spec: &SandboxSpec) -> Result<Handoff, CacheError> {
     let mut fds = Vec::new();
     if let Some(netns) = &spec.netns {
-        let file = std::fs::File::open(netns).map_err(|source| CacheError::Socket {
+        let file = std::fs::File::open(netns).map_err(|source| CacheError::Netns {
             path: netns.clone(),
             source,
         })?;

@@ -365,6 +365,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         child
     }
 
+    /// Imports the OCI image archive `archive` (`ctr images import`); panics with ctr's
+    /// error if it fails.
+    pub fn import(&self, archive: &Path) {
+        let out = self.ctr(&["images", "import", &archive.to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "ctr images import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `ctr` and returns its output.
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
         self.ctr_command(args)

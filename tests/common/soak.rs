@@ -839,12 +839,7 @@ impl CtrEnv {
         let containerd = Containerd::start(tmp.path(), &config, &crate::common::shim_dir());
         let archive = tmp.path().join("image.tar");
         oci_image_archive(&busybox_rootfs(tmp.path()), CTR_IMAGE, &archive);
-        let out = containerd.ctr(&["images", "import", archive.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "ctr images import: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        containerd.import(&archive);
         CtrEnv { containerd, tmp }
     }
 

@@ -128,12 +128,10 @@ pub fn name_socket(config: &Path, socket: &Path) {
     std::fs::write(config, text).unwrap();
 }
 
-/// The pids recorded in a sandbox directory's `pids` file (the helpers, not the owner).
+/// The pids of the live helpers recorded in a sandbox directory.
 pub fn recorded_pids(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join("pids"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.starts_with("owner"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+    lazyvm::sandbox::recorded_helpers(dir)
+        .into_iter()
+        .map(|(pid, _)| pid)
         .collect()
 }
