@@ -1,5 +1,5 @@
 //! `vhost-device-vsock`: the vhost-user vsock device (rust-vmm) behind QEMU's
-//! `vhost-user-vsock-pci`. The host reaches the guest through its hybrid vsock unix socket
+//! `vhost-user-vsock-device` (`-pci` with machine `pc`). The host reaches the guest through its hybrid vsock unix socket
 //! (`CONNECT <port>\n`). It does not exit when the VM does: it is stopped by pid.
 
 use std::io;

@@ -89,7 +89,7 @@ pub fn check(config: &Config) -> ExitCode {
         format!("{accel} (configured: {:?})", config.hypervisor.accel),
     );
     let machine = match qemu.machine {
-        Machine::Microvm => "microvm,pit=on,pcie=on",
+        Machine::Microvm => "microvm,pit=on,pcie=off (virtio-mmio)",
         Machine::Pc => "pc",
     };
     r.line(true, true, "machine", machine);
