@@ -114,6 +114,25 @@ fn ctr_run_takes_a_vm_from_the_cache_and_the_cache_boots_the_next() {
         report.contains("vm cache") && report.contains("1 of 1 VMs ready"),
         "lazyvm check reports the cache:\n{report}"
     );
+    // While it waits, its agent warms crun up with a throwaway container.
+    let console = warm[0]
+        .join(lazyvm::sandbox::confine::VM_DIR)
+        .join("console.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let warmed = loop {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        if text.contains("warm-up: crun create took") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        warmed.contains("warm-up: crun create took")
+            && !warmed
+                .lines()
+                .any(|l| l.contains("warm-up") && l.contains("WARN")),
+        "the cached VM's agent warmed crun up:\n{warmed}"
+    );
 
     let out = env.run("cached", &["echo", "hello from a cached VM"]);
     assert!(out.status.success());

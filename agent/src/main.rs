@@ -21,6 +21,7 @@ mod rootfs;
 mod runtime;
 mod service;
 mod stdio;
+mod warm;
 
 // OCI spec handling lives in the library target (agent/src/lib.rs), which fuzz/ uses too.
 use lazyvm_agent::spec;
@@ -160,6 +161,7 @@ async fn serve(opts: Options, no_pivot: bool) -> Result<(), String> {
         reaper,
         no_pivot,
     );
+    let warm_crun = crun.clone();
     let svc = service::AgentService::new(crun);
     let handler = service::Handler(svc);
     let mut server = ttrpc::r#async::Server::new()
@@ -173,6 +175,15 @@ async fn serve(opts: Options, no_pivot: bool) -> Result<(), String> {
     log::info!("agent ready on {}", opts.listen);
     if opts.listen.starts_with("vsock://") {
         tokio::task::spawn_blocking(signal_ready);
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if std::process::id() == 1 && warm::requested(&cmdline) {
+        tokio::spawn(async move {
+            match warm::crun(&warm_crun).await {
+                Ok(took) => log::info!("warm-up: crun create took {took:?}"),
+                Err(e) => log::warn!("warm-up: {e}"),
+            }
+        });
     }
     // The server runs on its own tasks; PID 1 lives until the VM stops.
     std::future::pending::<()>().await;

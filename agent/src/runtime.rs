@@ -98,6 +98,16 @@ impl Crun {
         }
     }
 
+    /// The same crun and reaper with another state root and work directory: containers
+    /// there never meet this one's.
+    pub fn with_state(&self, root: PathBuf, work: PathBuf) -> Crun {
+        Crun {
+            root,
+            work,
+            ..self.clone()
+        }
+    }
+
     /// The reaper crun's children are reaped by.
     pub fn reaper(&self) -> &Reaper {
         &self.reaper

@@ -40,6 +40,10 @@ pub mod agent_ttrpc {
 /// The vsock port the agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The kernel command line word of a VM booted ahead of time (the VM cache's): its agent
+/// warms crun up with a throwaway container while the VM waits to be claimed.
+pub const WARM_CMDLINE_FLAG: &str = "lazyvm.warm";
+
 /// The host's vsock port the agent connects to once it listens, to say so (the host
 /// then connects at once instead of at its next retry). vhost-device-vsock hands a
 /// guest's connection to host port P to the unix socket `<uds-path>_P`.

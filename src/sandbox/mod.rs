@@ -552,6 +552,12 @@ impl Sandbox {
         }
         let mut qemu_cfg = cfg.qemu();
         qemu_cfg.user = self.vm_user.clone();
+        if self.parked.is_some() {
+            // A VM for the cache: its agent warms crun up while it waits.
+            qemu_cfg
+                .kernel_params
+                .push(lazyvm_proto::WARM_CMDLINE_FLAG.to_owned());
+        }
 
         // Bound before the VM starts, so the agent's signal cannot come too early.
         let ready = ReadySignal::bind(&uds)
