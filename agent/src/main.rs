@@ -4,7 +4,8 @@
 //!
 //! Usage: `lazyvm-agent [--listen ADDR] [--crun PATH]`; ADDR defaults to
 //! `vsock://-1:1024`, `unix:///path` is accepted for tests outside a VM. The kernel
-//! command line option `lazyvm.debug` turns on debug logging; `lazyvm_no_pivot=1` keeps
+//! command line option `lazyvm.debug` turns on debug logging, `lazyvm.warm` (a VM the
+//! host's cache boots) a crun warm-up (see `warm`); `lazyvm_no_pivot=1` keeps
 //! the agent on the initramfs's own mount (crun then runs containers with `--no-pivot`)
 //! instead of moving it onto a bind of the initramfs first (see `rootfs`).
 
@@ -55,10 +56,9 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
-fn debug_requested() -> bool {
-    std::fs::read_to_string("/proc/cmdline")
-        .map(|c| c.split_whitespace().any(|w| w == "lazyvm.debug"))
-        .unwrap_or(false)
+/// Whether the kernel command line `cmdline` holds the word `word`.
+fn has_word(cmdline: &str, word: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == word)
 }
 
 /// PID 1 must never exit: on a fatal error, say why and power the VM off.
@@ -81,6 +81,7 @@ fn main() {
     };
     // Leave the initramfs's own mount first, so that crun can pivot_root.
     let mut no_pivot = false;
+    let mut warm = false;
     if pid1 {
         // `lazyvm_no_pivot=1` on the kernel command line (the kernel hands it to init's
         // environment) skips the switch: containers then run with crun --no-pivot.
@@ -98,8 +99,11 @@ fn main() {
         if let Err(e) = init::setup() {
             fatal(pid1, &format!("boot setup: {e}"));
         }
-        logger::init(debug_requested());
-        if debug_requested() {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let debug = has_word(&cmdline, "lazyvm.debug");
+        warm = has_word(&cmdline, lazyvm_proto::WARM_CMDLINE_FLAG);
+        logger::init(debug);
+        if debug {
             log::set_max_level(log::LevelFilter::Debug);
         }
     } else if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -114,7 +118,7 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => fatal(pid1, &format!("tokio runtime: {e}")),
     };
-    if let Err(e) = rt.block_on(serve(opts, no_pivot)) {
+    if let Err(e) = rt.block_on(serve(opts, no_pivot, warm)) {
         fatal(pid1, &e);
     }
 }
@@ -140,7 +144,9 @@ fn signal_ready() {
     }
 }
 
-async fn serve(opts: Options, no_pivot: bool) -> Result<(), String> {
+/// Serves the agent protocol; `warm`: once listening, warm crun up too (a VM for the cache, see
+/// [`warm`]).
+async fn serve(opts: Options, no_pivot: bool, warm: bool) -> Result<(), String> {
     let reaper = reaper::Reaper::start().map_err(|e| e.to_string())?;
     let work = PathBuf::from(if std::process::id() == 1 {
         "/run/lazyvm/work".to_owned()
@@ -161,7 +167,7 @@ async fn serve(opts: Options, no_pivot: bool) -> Result<(), String> {
         reaper,
         no_pivot,
     );
-    let warm_crun = crun.clone();
+    let warm_crun = warm.then(|| crun.clone());
     let svc = service::AgentService::new(crun);
     let handler = service::Handler(svc);
     let mut server = ttrpc::r#async::Server::new()
@@ -176,8 +182,7 @@ async fn serve(opts: Options, no_pivot: bool) -> Result<(), String> {
     if opts.listen.starts_with("vsock://") {
         tokio::task::spawn_blocking(signal_ready);
     }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if std::process::id() == 1 && warm::requested(&cmdline) {
+    if let Some(warm_crun) = warm_crun {
         tokio::spawn(async move {
             match warm::crun(&warm_crun).await {
                 Ok(took) => log::info!("warm-up: crun create took {took:?}"),
@@ -188,4 +193,17 @@ async fn serve(opts: Options, no_pivot: bool) -> Result<(), String> {
     // The server runs on its own tasks; PID 1 lives until the VM stops.
     std::future::pending::<()>().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_word_asks_for_the_warm_up() {
+        let warm = lazyvm_proto::WARM_CMDLINE_FLAG;
+        assert!(has_word("console=ttyS0 lazyvm.warm quiet", warm));
+        assert!(!has_word("console=ttyS0 lazyvm.warmer lazyvm.debug", warm));
+        assert!(!has_word("", warm));
+    }
 }

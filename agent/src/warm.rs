@@ -39,13 +39,6 @@ pub enum WarmError {
     Runtime(#[from] RuntimeError),
 }
 
-/// Whether the kernel command line `cmdline` asks for the warm-up.
-pub fn requested(cmdline: &str) -> bool {
-    cmdline
-        .split_whitespace()
-        .any(|w| w == lazyvm_proto::WARM_CMDLINE_FLAG)
-}
-
 /// The throwaway container's OCI spec: what a container's create does most of
 /// (namespaces, the usual mounts, masked and read-only paths, a cgroup), its root the
 /// bundle's empty `rootfs` with the agent's binary bound in as its executable.
@@ -140,13 +133,6 @@ pub async fn crun(crun: &Crun) -> Result<std::time::Duration, WarmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_the_exact_word_asks_for_it() {
-        assert!(requested("console=ttyS0 lazyvm.warm quiet"));
-        assert!(!requested("console=ttyS0 lazyvm.warmer lazyvm.debug"));
-        assert!(!requested(""));
-    }
 
     #[test]
     fn the_spec_never_names_a_container_cgroup() {

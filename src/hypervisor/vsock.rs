@@ -1,6 +1,6 @@
 //! `vhost-device-vsock`: the vhost-user vsock device (rust-vmm) behind QEMU's
-//! `vhost-user-vsock-device` (`-pci` with machine `pc`). The host reaches the guest through its hybrid vsock unix socket
-//! (`CONNECT <port>\n`). It does not exit when the VM does: it is stopped by pid.
+//! `vhost-user-vsock-device` (`-pci` with machine `pc`). The host reaches the guest
+//! through its hybrid vsock unix socket (`CONNECT <port>\n`). It does not exit when the VM does: it is stopped by pid.
 
 use std::io;
 use std::path::{Path, PathBuf};

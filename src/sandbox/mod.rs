@@ -550,10 +550,12 @@ impl Sandbox {
                 })?;
             }
         }
+        // A VM for the cache: its agent warms crun up while it waits, and its sandbox comes
+        // with its claimer.
+        let for_cache = self.parked.is_some();
         let mut qemu_cfg = cfg.qemu();
         qemu_cfg.user = self.vm_user.clone();
-        if self.parked.is_some() {
-            // A VM for the cache: its agent warms crun up while it waits.
+        if for_cache {
             qemu_cfg
                 .kernel_params
                 .push(lazyvm_proto::WARM_CMDLINE_FLAG.to_owned());
@@ -573,8 +575,7 @@ impl Sandbox {
         let agent = self.connect_agent(&uds, ready).await?;
         self.timings.vm_boot = t.elapsed();
         self.restrict_modes();
-        if self.parked.is_some() {
-            // A VM for the cache: its sandbox comes with its claimer.
+        if for_cache {
             return Ok(());
         }
         self.create(agent, spec).await
